@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from relay.address import Mailbox
@@ -47,7 +48,7 @@ def _load(dotted: str) -> Any:
     return getattr(import_module(module), name)
 
 
-@implementer(IUpstreamType)
+@implementer(IPlugin, IUpstreamType)
 class UpstreamTypePlugin:
     """
     Registers an upstream type without importing it.
@@ -82,7 +83,7 @@ class UpstreamTypePlugin:
         return {**self.__dict__, "_loaded": None}
 
 
-@implementer(IPolicyFactory)
+@implementer(IPlugin, IPolicyFactory)
 class PolicyPlugin:
     """
     Registers a policy without importing it.

@@ -104,5 +104,5 @@ class Reply:
         out = []
         for i, line in enumerate(self.lines):
             sep = " " if i == last else "-"
-            out.append(f"{prefix}{sep}{status}{line}".rstrip() + "\r\n")
+            out.append(f"{prefix}{sep}{status}{line}\r\n")
         return "".join(out).encode("ascii")

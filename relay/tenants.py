@@ -63,8 +63,12 @@ class Snapshot:
     Everything the relay needs from the store, as of one store generation.
 
     @ivar generation: increases with every change made through the store.
+    @ivar problems: one line for each part of the store left out because it
+        could not be read (such as an upstream whose password does not
+        decrypt), for the relay to log.
     """
 
     generation: int
     tenants: dict[str, Tenant] = field(default_factory=dict)
     logins: dict[str, Login] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()

@@ -1,0 +1,4 @@
+"""
+Credential checkers: C{twisted.cred} checkers whose avatar ID is the name of
+the tenant the credentials act for.
+"""

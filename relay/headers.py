@@ -1,0 +1,60 @@
+"""
+A message's header block, held while header policies look at it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["HeaderBlock", "MAX_HEADER_BLOCK", "splitHeaderBlock"]
+
+MAX_HEADER_BLOCK = 64 * 1024  # held in memory before anything is forwarded (DESIGN.md §2)
+
+
+def splitHeaderBlock(data: bytes) -> int:
+    """
+    Where the header block of C{data} ends.
+
+    @return: the offset just after the empty line that ends the header block
+        (C{CRLF CRLF}), or -1 when the block is not complete yet.  A message
+        that starts with an empty line has an empty header block (offset 2).
+    """
+    if data[:2] == b"\r\n":
+        return 2
+    i = data.find(b"\r\n\r\n")
+    return -1 if i < 0 else i + 4
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderBlock:
+    """
+    The header fields of a message, as received.
+
+    @ivar raw: the bytes of the block, including the empty line ending it
+        when there was one.
+    """
+
+    raw: bytes
+
+    def fields(self) -> list[tuple[str, str]]:
+        """
+        Every field as C{(name, value)}, in order, unfolded; the value is
+        decoded as Latin-1 so that no byte is lost.
+        """
+        fields: list[tuple[str, str]] = []
+        for line in self.raw.decode("latin-1").split("\r\n"):
+            if not line:
+                continue
+            if line[0] in " \t" and fields:
+                name, value = fields[-1]
+                fields[-1] = (name, value + " " + line.strip())
+                continue
+            name, colon, value = line.partition(":")
+            if colon:
+                fields.append((name.strip(), value.strip()))
+        return fields
+
+    def get(self, name: str) -> list[str]:
+        """The values of every field called C{name} (case-insensitive)."""
+        wanted = name.lower()
+        return [value for field, value in self.fields() if field.lower() == wanted]

@@ -1,0 +1,27 @@
+"""
+Policies: the checks every session passes through.  The interface is
+L{relay.interfaces.IPolicy}; built-in policies live in this package and are
+registered in C{twisted/plugins/smtprelay_policies.py} like any plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PolicyContext"]
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """
+    What a policy factory gets to build its policy.
+
+    @ivar reactor: the reactor (an C{IReactorTime} and C{IReactorTCP});
+        never import the global one.
+    @ivar options: the relay's parsed command-line options.
+    """
+
+    reactor: Any
+    options: Mapping[str, Any]

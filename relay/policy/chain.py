@@ -1,0 +1,102 @@
+"""
+Running the policies in order, containing their failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relay.interfaces import IPolicy
+from relay.verdict import CONTINUE, Decision, Verdict, tempfail
+
+__all__ = ["PolicyChain"]
+
+_POLICY_FAILED = tempfail(451, "4.3.0", "Temporary policy failure, try again later")
+
+
+class PolicyChain:
+    """
+    Asks each policy in turn until one decides.
+
+    A policy that raises, fails, answers something that is not a
+    L{Verdict} or takes longer than the hook timeout tempfails the
+    transaction and is logged; it never breaks the session or the process.
+    """
+
+    log = Logger()
+
+    def __init__(self, policies: Sequence[IPolicy], clock: IReactorTime, timeout: float = 30.0):
+        self._policies = tuple(policies)
+        self._clock = clock
+        self._timeout = timeout
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self._policies]
+
+    def check(self, hook: str, *args) -> Verdict | Deferred[Verdict]:
+        """
+        Run hook C{hook} of every policy, in order, until one answers
+        something other than C{CONTINUE}.
+
+        @return: the deciding L{Verdict} (C{CONTINUE} when no policy
+            objected), or a Deferred firing with it when a policy answered
+            with a Deferred; the Deferred never fails.
+        """
+        return self._resume(iter(self._policies), hook, args)
+
+    def _resume(self, policies: Iterator[IPolicy], hook: str, args: tuple) -> Verdict | Deferred[Verdict]:
+        for policy in policies:
+            try:
+                result = getattr(policy, hook)(*args)
+            except Exception:
+                return self._broken(Failure(), policy, hook)
+            if isinstance(result, Deferred):
+                result.addTimeout(self._timeout, self._clock)
+                result.addCallbacks(
+                    self._checked,
+                    self._broken,
+                    callbackArgs=(policy, hook),
+                    errbackArgs=(policy, hook),
+                )
+                return result.addCallback(self._continue, policies, hook, args)
+            verdict = self._checked(result, policy, hook)
+            if verdict.decision is not Decision.CONTINUE:
+                return verdict
+        return CONTINUE
+
+    def _continue(self, verdict: Verdict, policies, hook, args) -> Verdict | Deferred[Verdict]:
+        if verdict.decision is not Decision.CONTINUE:
+            return verdict
+        return self._resume(policies, hook, args)
+
+    def _checked(self, result: object, policy: IPolicy, hook: str) -> Verdict:
+        if isinstance(result, Verdict):
+            return result
+        self.log.error(
+            "policy {policy} answered {result!r} from {hook}, not a Verdict", policy=policy.name, result=result, hook=hook
+        )
+        return _POLICY_FAILED
+
+    def _broken(self, failure: Failure, policy: IPolicy, hook: str) -> Verdict:
+        self.log.failure("policy {policy} failed in {hook}", failure, policy=policy.name, hook=hook)
+        return _POLICY_FAILED
+
+    def notify(self, hook: str, *args) -> None:
+        """
+        Call a notification hook (C{reset}, C{disconnect}) of every policy;
+        failures are logged and otherwise ignored.
+        """
+        for policy in self._policies:
+            try:
+                result = getattr(policy, hook)(*args)
+            except Exception:
+                self._broken(Failure(), policy, hook)
+                continue
+            if isinstance(result, Deferred):
+                result.addErrback(self._broken, policy, hook)

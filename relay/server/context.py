@@ -1,0 +1,43 @@
+"""
+What every inbound session shares within one relay process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+
+from relay.policy.chain import PolicyChain
+from relay.upstreams.pool import UpstreamPool
+
+__all__ = ["ServerContext"]
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """
+    @ivar reactor: the reactor (time and TCP); never the global one.
+    @ivar hostname: the relay's name in the greeting, EHLO and trace header.
+    @ivar directory: the tenants in memory (L{relay.directory.Directory}).
+    @ivar checker: verifies AUTH credentials; fires with a tenant name.
+    @ivar policies: the policy chain every session runs.
+    @ivar upstreams: opens and reuses upstream sessions.
+    @ivar tls: server TLS options for STARTTLS, or C{None} when the relay
+        has no certificate.
+    @ivar allowInsecureAuth: offer AUTH without TLS (loopback tests only).
+    @ivar maxMessageSize: the SIZE limit, in octets.
+    @ivar idleTimeout: seconds a client may stay silent (RFC 5321 §4.5.3.2).
+    """
+
+    reactor: Any
+    hostname: str
+    directory: Any
+    checker: ICredentialsChecker
+    policies: PolicyChain
+    upstreams: UpstreamPool
+    tls: Any = None
+    allowInsecureAuth: bool = False
+    maxMessageSize: int = 50 * 1024 * 1024
+    idleTimeout: float = 300.0

@@ -1,0 +1,137 @@
+"""
+One message streaming from the client to the upstream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.defer import Deferred, succeed
+
+from relay.envelope import ClientInfo, Transaction
+from relay.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
+from relay.interfaces import IUpstreamSession
+from relay.policy.chain import PolicyChain
+from relay.reply import Reply
+from relay.server.throttle import Throttle
+from relay.verdict import Verdict
+
+__all__ = ["MessageStream"]
+
+HEADER_TOO_BIG = Reply.of(552, "5.3.4", "Message header block exceeds 64 KiB")
+UPSTREAM_LOST = Reply.of(451, "4.4.2", "Upstream connection lost; message not delivered, try again")
+
+
+class MessageStream:
+    """
+    Carries one message's content (already un-dot-stuffed) into the
+    upstream session.
+
+    The header block is held until it is complete (or too big) so the
+    header policies see it whole; the trace header and the block are then
+    written upstream, and every later chunk is shown to the body policies
+    and written as it arrives.  While a policy answers with a Deferred, later
+    chunks wait in order and the client is paused.
+
+    @ivar refusal: the reply the client gets at the end of data instead of
+        the upstream's, once a policy refused or the upstream went away.
+    """
+
+    def __init__(
+        self,
+        client: ClientInfo,
+        transaction: Transaction,
+        upstream: IUpstreamSession,
+        policies: PolicyChain,
+        trace: bytes,
+        throttle: Throttle,
+    ):
+        self._client = client
+        self._transaction = transaction
+        self._upstream = upstream
+        self._policies = policies
+        self._trace = trace
+        self._throttle = throttle
+        self._header: bytearray | None = bytearray()
+        self._backlog: deque[bytes] = deque()
+        self._deciding = False
+        self._drained: Deferred[None] | None = None
+        self._attached = True
+        self.refusal: Reply | None = None
+        upstream.registerProducer(throttle.producer("upstream"), True)
+
+    def write(self, content: bytes) -> None:
+        """More of the message, in order."""
+        if self._deciding:
+            self._backlog.append(content)
+        elif self.refusal is None:
+            self._take(content)
+
+    def _take(self, content: bytes) -> None:
+        if self._header is None:
+            self._transaction.size += len(content)
+            self._decide(self._policies.check("bodyChunk", self._client, self._transaction, content), content, b"")
+            return
+        self._header += content
+        end = splitHeaderBlock(self._header)
+        if end < 0:
+            if len(self._header) > MAX_HEADER_BLOCK:
+                self.refusal = HEADER_TOO_BIG
+            return
+        self._headersComplete(end)
+
+    def _headersComplete(self, end: int) -> None:
+        block, body = bytes(self._header[:end]), bytes(self._header[end:])
+        self._header = None
+        self._transaction.size += len(block)
+        verdict = self._policies.check("headers", self._client, self._transaction, HeaderBlock(block))
+        self._decide(verdict, self._trace + block, body)
+
+    def _decide(self, verdict: Verdict | Deferred[Verdict], forward: bytes, then: bytes) -> None:
+        """Once the verdict is in, forward C{forward} and go on with C{then}."""
+        if isinstance(verdict, Deferred):
+            self._deciding = True
+            self._throttle.hold("policy")
+            verdict.addCallback(self._decided, forward, then)
+        else:
+            self._apply(verdict, forward, then)
+
+    def _decided(self, verdict: Verdict, forward: bytes, then: bytes) -> None:
+        self._deciding = False
+        self._throttle.release("policy")
+        self._apply(verdict, forward, then)
+        while self._backlog and not self._deciding and self.refusal is None:
+            self._take(self._backlog.popleft())
+        if self._drained is not None and not self._deciding:
+            self._drained, drained = None, self._drained
+            drained.callback(None)
+
+    def _apply(self, verdict: Verdict, forward: bytes, then: bytes) -> None:
+        if verdict.refuses:
+            self.refusal = verdict.reply
+        elif not self._upstream.alive:
+            self.refusal = UPSTREAM_LOST
+        else:
+            self._upstream.write(forward)
+            if then:
+                self._take(then)
+
+    def finish(self) -> Deferred[None]:
+        """
+        The client sent the final dot: fires when every chunk has been
+        through the policies and written upstream.  A message without an
+        empty line after its header is all header.
+        """
+        if self._header is not None and self.refusal is None:
+            self._headersComplete(len(self._header))
+        if not self._deciding:
+            return succeed(None)
+        self._drained = Deferred()
+        return self._drained
+
+    def stop(self) -> None:
+        """Detach from the upstream (it no longer pauses the client)."""
+        if self._attached:
+            self._attached = False
+            self._upstream.unregisterProducer()
+            self._throttle.release("upstream")

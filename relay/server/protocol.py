@@ -1,0 +1,240 @@
+"""
+The SMTP server protocol: framing, ordering and flow control on the wire.
+
+Input is read as it comes.  In the command phase lines are cut out of the
+buffer and answered strictly in order; while one command waits (on a
+policy, the credential checker or the upstream), later pipelined commands
+wait in the buffer, and replies produced together go out in one write.
+After our 354 the connection is read raw: each read goes through the
+L{DataScanner} and straight on to the session, without a Python call per
+line.
+
+What each command means is the business of L{RelaySession}; this class
+only knows which replies change the mode of the connection (STARTTLS,
+DATA, AUTH challenges, QUIT, 421).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relay.envelope import ClientInfo, newQueueId
+from relay.reply import Reply
+from relay.server.context import ServerContext
+from relay.server.dataframe import DataScanner
+from relay.server.session import RelaySession
+from relay.server.throttle import Throttle
+
+__all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
+
+MAX_COMMAND_LINE = 512  # octets including CRLF, RFC 5321 §4.5.3.1.4
+MAX_AUTH_LINE = 12288  # octets, RFC 4954 §4
+MAX_BUFFERED_INPUT = 64 * 1024  # pipelined input held while a command waits
+
+LINE_TOO_LONG = Reply.of(500, "5.5.2", "Error: line too long")
+LINE_NOT_ASCII = Reply.of(500, "5.5.2", "Error: 8-bit characters in command")
+RUNAWAY_LINE = Reply.of(421, "4.5.2", "Error: line too long, closing connection")
+EARLY_DATA = Reply.of(554, "5.5.0", "Error: message sent before our 354 reply (improper pipelining), closing")
+IDLE = Reply.of(421, "4.4.2", "Error: timeout exceeded, closing connection")
+INTERNAL = Reply.of(421, "4.3.0", "Error: internal error, closing connection")
+_NO_ENHANCED_CODE = ("CONNECT", "EHLO", "HELO")  # RFC 2034 §3
+
+
+class Mode(enum.Enum):
+    COMMAND = "command"
+    AUTH = "auth"  # the next line answers a 334 challenge
+    DATA = "data"  # raw message bytes until CRLF . CRLF
+    CLOSED = "closed"
+
+
+@implementer(IHandshakeListener)
+class SMTPServerProtocol(Protocol):
+    """One client connection."""
+
+    log = Logger()
+
+    def __init__(self, context: ServerContext, implicitTLS: bool):
+        self._ctx = context
+        self._clock = context.reactor
+        self._implicitTLS = implicitTLS
+        self._mode = Mode.COMMAND
+        self._input = b""
+        self._output: list[bytes] = []
+        self._waiting = False  # a command's reply is not ready yet
+        self._running = False  # inside _run: do not re-enter
+        self._scanner: DataScanner | None = None
+        self._lastActivity = 0.0
+        self._timer = None
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client = ClientInfo(newQueueId(), getattr(peer, "host", "local"), getattr(peer, "port", 0))
+        self._throttle = Throttle(self.transport)
+        self.session = RelaySession(self._ctx, self.client, self._throttle, secure=self._implicitTLS)
+        self._lastActivity = self._clock.seconds()
+        self._timer = self._clock.callLater(self._ctx.idleTimeout, self._idleCheck)
+        self._step("CONNECT", self.session.greeting())
+        self._flush()
+
+    def handshakeCompleted(self) -> None:
+        self.client.tls = self.transport.getHandle().get_protocol_version_name()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._mode is Mode.CLOSED:
+            return
+        self._lastActivity = self._clock.seconds()
+        self._input += data
+        if self._waiting and len(self._input) > MAX_BUFFERED_INPUT:
+            self._throttle.hold("input")
+        self._run()
+
+    def _run(self) -> None:
+        """Work through buffered input until it is used up or a reply must be waited for."""
+        if self._running:
+            return
+        self._running = True
+        try:
+            while not self._waiting and self._input and self._mode is not Mode.CLOSED:
+                if self._mode is Mode.DATA:
+                    data, self._input = self._input, b""
+                    self._dataChunk(data)
+                elif not self._line():
+                    break
+        finally:
+            self._running = False
+        if not self._waiting:
+            self._throttle.release("input")
+        self._flush()
+
+    def _line(self) -> bool:
+        """Handle one complete line; C{False} when there is none yet."""
+        end = self._input.find(b"\n")
+        if end < 0:
+            if len(self._input) > MAX_AUTH_LINE:
+                self._answer(RUNAWAY_LINE, "LINE")
+            return False
+        line, self._input = self._input[:end], self._input[end + 1 :]
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if len(line) + 2 > MAX_AUTH_LINE:
+            self._answer(LINE_TOO_LONG, "LINE")
+        elif self._mode is Mode.AUTH:
+            self._step("AUTH", self.session.authResponse(line))
+        elif len(line) + 2 > MAX_COMMAND_LINE and line[:5].upper() != b"AUTH ":
+            self._answer(LINE_TOO_LONG, "LINE")
+        else:
+            try:
+                text = line.decode("ascii")
+            except UnicodeDecodeError:
+                self._answer(LINE_NOT_ASCII, "LINE")
+                return True
+            verb, _, arg = text.partition(" ")
+            verb = verb.upper()
+            self._step(verb, self.session.command(verb, arg.strip()))
+        return True
+
+    def _dataChunk(self, data: bytes) -> None:
+        content, rest = self._scanner.feed(data)
+        if content:
+            self.session.messageData(content)
+        if rest is not None:
+            error, self._scanner = self._scanner.error, None
+            self._mode = Mode.COMMAND
+            self._input = rest
+            self._step("EOD", self.session.endOfData(error))
+
+    def _step(self, verb: str, result: Reply | Deferred[Reply]) -> None:
+        """Answer now, or hold further input until the reply is ready."""
+        if not isinstance(result, Deferred):
+            self._answer(result, verb)
+            return
+        self._waiting = True
+        result.addErrback(self._failed, verb)
+        result.addCallback(self._answer, verb)
+        result.addCallback(self._resume)
+
+    def _failed(self, failure: Failure, verb: str) -> Reply:
+        self.log.failure("session {session}: error handling {verb}", failure, session=self.client.sessionId, verb=verb)
+        return INTERNAL
+
+    def _resume(self, _: None) -> None:
+        self._waiting = False
+        self._run()
+
+    def _answer(self, reply: Reply, verb: str) -> None:
+        """Queue a reply and apply what it means for the connection."""
+        if verb == "DATA" and reply.code == 354 and self._input:
+            # RFC 2920 §3.1: the message may only follow our 354.
+            self.session.abortTransaction()
+            reply = EARLY_DATA
+        self._output.append(reply.toBytes(self.client.esmtp and verb not in _NO_ENHANCED_CODE))
+        code = reply.code
+        if code == 421 or reply is EARLY_DATA or (verb == "QUIT" and code == 221) or (verb == "CONNECT" and code != 220):
+            self._close()
+        elif verb == "STARTTLS" and code == 220:
+            self._startTLS()
+        elif verb == "DATA" and code == 354:
+            self._mode = Mode.DATA
+            self._scanner = DataScanner(self._ctx.maxMessageSize)
+        elif code == 334:
+            self._mode = Mode.AUTH
+        elif self._mode is Mode.AUTH:
+            self._mode = Mode.COMMAND
+
+    def _startTLS(self) -> None:
+        # CVE-2011-0411: nothing the client sent before the handshake counts.
+        self._input = b""
+        self._flush()
+        self.transport.startTLS(self._ctx.tls)
+        self.session.tlsStarted()
+
+    def _flush(self) -> None:
+        if self._output:
+            self.transport.write(b"".join(self._output))
+            self._output.clear()
+
+    def _close(self) -> None:
+        self._mode = Mode.CLOSED
+        self._flush()
+        self.transport.loseConnection()
+
+    def _idleCheck(self) -> None:
+        idle = self._clock.seconds() - self._lastActivity
+        if self._waiting or idle < self._ctx.idleTimeout:
+            delay = self._ctx.idleTimeout - (0 if self._waiting else idle)
+            self._timer = self._clock.callLater(delay, self._idleCheck)
+            return
+        self._answer(IDLE, "TIMEOUT")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._mode = Mode.CLOSED
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.session.connectionLost()
+
+
+class SMTPServerFactory(Factory):
+    """
+    Builds the protocol for one listener.
+
+    @param implicitTLS: the listener wraps connections in TLS from the start
+        (C{--smtps}); STARTTLS is then not offered.
+    """
+
+    noisy = False
+
+    def __init__(self, context: ServerContext, implicitTLS: bool):
+        self.context = context
+        self.implicitTLS = implicitTLS
+
+    def buildProtocol(self, addr) -> SMTPServerProtocol:
+        protocol = SMTPServerProtocol(self.context, self.implicitTLS)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,38 @@
+"""
+The trace header the relay prepends to every message (RFC 5321 §4.4).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from relay.envelope import ClientInfo, Transaction
+
+__all__ = ["traceHeader"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
+
+
+def _protocol(client: ClientInfo) -> str:
+    """RFC 3848 'with' keywords: ESMTP, plus S for TLS, plus A for AUTH."""
+    if not client.esmtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if client.tls else "") + ("A" if client.username else "")
+
+
+def traceHeader(client: ClientInfo, transaction: Transaction, hostname: str, now: datetime | None = None) -> bytes:
+    """
+    The C{Received:} field for this transaction, folded, ending in CRLF.
+    The client's HELO name is reduced to safe characters; a single
+    recipient is named, several are not (they would disclose each other).
+    """
+    helo = _UNSAFE.sub("?", client.helo or "unknown")[:255]
+    tls = f" (using {client.tls})" if client.tls else ""
+    recipient = f"\r\n\tfor <{transaction.recipients[0]}>" if len(transaction.recipients) == 1 else ""
+    when = (now or datetime.now(timezone.utc)).strftime("%a, %d %b %Y %H:%M:%S %z")
+    return (
+        f"Received: from {helo} ([{client.address}])\r\n"
+        f"\tby {hostname} (smtprelay) with {_protocol(client)}{tls}\r\n"
+        f"\tid {transaction.queueId}{recipient}; {when}\r\n"
+    ).encode("ascii")

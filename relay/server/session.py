@@ -1,0 +1,436 @@
+"""
+What the relay does with each command of one client connection: the
+semantics of DESIGN.md §2 and §3, independent of how bytes are framed on the
+wire (that is L{relay.server.protocol}).
+
+Every command handler returns a L{Reply}, or a Deferred firing with one when
+it has to wait for a policy, the credential checker or the upstream.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.mail.imap4 import IllegalClientResponse
+
+from relay.address import AddressError, parseParameters, parsePath
+from relay.envelope import ClientInfo, Transaction, newQueueId
+from relay.interfaces import IUpstreamSession
+from relay.maybe import settle, then
+from relay.reply import Reply
+from relay.server.context import ServerContext
+from relay.server.dataframe import DataError
+from relay.server.message import UPSTREAM_LOST, MessageStream
+from relay.server.received import traceHeader
+from relay.server.sasl import MECHANISMS, decodeResponse, encodeChallenge
+from relay.server.throttle import Throttle
+from relay.upstreams import UpstreamError
+from relay.upstreams.pool import Release
+
+__all__ = ["RelaySession"]
+
+OK = Reply.of(250, "2.0.0", "Ok")
+BYE = Reply.of(221, "2.0.0", "Bye")
+UNKNOWN = Reply.of(500, "5.5.2", "Error: command not recognized")
+NO_PARAMETERS = Reply.of(501, "5.5.4", "Syntax error: no parameters allowed")
+NEED_HELO = Reply.of(503, "5.5.1", "Error: send HELO/EHLO first")
+NEED_EHLO = Reply.of(503, "5.5.1", "Error: send EHLO first")
+NEED_MAIL = Reply.of(503, "5.5.1", "Error: need MAIL command")
+NESTED_MAIL = Reply.of(503, "5.5.1", "Error: nested MAIL command")
+NO_RECIPIENTS = Reply.of(554, "5.5.1", "Error: no valid recipients")
+AUTH_REQUIRED = Reply.of(530, "5.7.0", "Authentication required")
+AUTH_DONE = Reply.of(503, "5.5.1", "Error: already authenticated")
+AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
+AUTH_NEEDS_TLS = Reply.of(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_MECHANISM = Reply.of(504, "5.5.4", "Unrecognized authentication type")
+AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")
+AUTH_MALFORMED = Reply.of(501, "5.5.2", "Malformed authentication response")
+AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPORARY = Reply.of(454, "4.7.0", "Temporary authentication failure")
+AUTH_OK = Reply.of(235, "2.7.0", "Authentication successful")
+TLS_UNAVAILABLE = Reply.of(502, "5.5.1", "Error: STARTTLS not available")
+TLS_ACTIVE = Reply.of(503, "5.5.1", "Error: TLS already active")
+TLS_IN_TRANSACTION = Reply.of(503, "5.5.1", "Error: STARTTLS not permitted during a mail transaction")
+TLS_GO = Reply.of(220, "2.0.0", "Ready to start TLS")
+NO_UPSTREAM = Reply.of(451, "4.4.1", "No upstream available, try again later")
+GO_AHEAD = Reply.of(354, None, "End data with <CR><LF>.<CR><LF>")
+VRFY = Reply.of(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+EXPN = Reply.of(502, "5.5.1", "Error: EXPN not supported")
+HELP = Reply.of(214, "2.0.0", "See RFC 5321")
+DATA_ERRORS = {
+    DataError.BARE_LINE_END: Reply.of(550, "5.6.0", "Message refused: bare CR or LF (RFC 5321 §2.3.8)"),
+    DataError.NUL: Reply.of(550, "5.6.0", "Message refused: NUL character"),
+    DataError.LINE_TOO_LONG: Reply.of(550, "5.6.0", "Message refused: line longer than 1000 octets"),
+    DataError.TOO_BIG: Reply.of(552, "5.3.4", "Message size exceeds fixed limit"),
+}
+NO_REPLY = Reply.of(451, "4.3.0", "Upstream gave no final reply; not delivered, try again")
+
+_PATH = r'(<(?:[^<>"]|"(?:[^"\\]|\\.)*")*>)(.*)'
+_MAIL = re.compile(r"FROM:\s*" + _PATH, re.I | re.S)
+_RCPT = re.compile(r"TO:\s*" + _PATH, re.I | re.S)
+_BODY_TYPES = ("7BIT", "8BITMIME")
+
+
+def _syntax(what: str) -> Reply:
+    return Reply.of(501, "5.5.4", f"Syntax: {what}")
+
+
+def finalReply(replies: list[Reply], queueId: str) -> Reply:
+    """
+    The one reply the client gets for the upstream's end-of-data replies
+    (one per message, or one per recipient for LMTP): success only if every
+    recipient succeeded, else the first temporary failure (so the client
+    retries), else the first permanent one.  The queue id is appended.
+    """
+    if not replies:
+        reply = NO_REPLY
+    else:
+        failed = [r for r in replies if not r.positive]
+        reply = next((r for r in failed if r.transient), failed[0]) if failed else replies[0]
+    return reply.withText(*reply.lines[:-1], f"{reply.lines[-1]} (queue id {queueId})")
+
+
+class RelaySession:
+    """
+    The state of one client connection: greeting, TLS, authentication and
+    the current transaction with its upstream session.
+    """
+
+    log = Logger()
+
+    def __init__(self, context: ServerContext, client: ClientInfo, throttle: Throttle, secure: bool):
+        self._ctx = context
+        self.client = client
+        self._throttle = throttle
+        self._secure = secure
+        self._greeted = False
+        self._closed = False
+        self._sasl = None
+        self._transaction: Transaction | None = None
+        self._upstream: IUpstreamSession | None = None
+        self._stream: MessageStream | None = None
+
+    # -- connection ---------------------------------------------------------
+
+    def greeting(self) -> Reply | Deferred[Reply]:
+        """The greeting, after the connect policies (anything but 220 closes)."""
+        ready = Reply.of(220, None, f"{self._ctx.hostname} ESMTP smtprelay")
+        return then(self._ctx.policies.check("connect", self.client), lambda v: v.reply if v.refuses else ready)
+
+    def tlsStarted(self) -> None:
+        """TLS is starting; RFC 3207 §4.2: forget everything learnt before it."""
+        self._secure = True
+        self._greeted = False
+        self.client.helo = None
+        self.client.esmtp = False
+        self.client.tenant = None
+        self.client.username = None
+
+    def connectionLost(self) -> None:
+        """The client went away: abort any transaction in flight."""
+        self._closed = True
+        self._endTransaction(Release.BROKEN if self._stream is not None else Release.DIRTY)
+        self._ctx.policies.notify("disconnect", self.client)
+
+    # -- commands -----------------------------------------------------------
+
+    def command(self, verb: str, arg: str) -> Reply | Deferred[Reply]:
+        """Handle one command line, C{verb} upper case."""
+        handler = getattr(self, "do_" + verb, None)
+        return UNKNOWN if handler is None else handler(arg)
+
+    def do_EHLO(self, arg: str) -> Reply:
+        if not arg:
+            return _syntax("EHLO hostname")
+        self._hello(arg, esmtp=True)
+        keywords = ["PIPELINING", f"SIZE {self._ctx.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        if self._ctx.tls is not None and not self._secure:
+            keywords.append("STARTTLS")
+        if self._secure or self._ctx.allowInsecureAuth:
+            keywords.append("AUTH " + " ".join(MECHANISMS))
+        return Reply.of(250, None, f"{self._ctx.hostname} Hello [{self.client.address}]", *keywords)
+
+    def do_HELO(self, arg: str) -> Reply:
+        if not arg:
+            return _syntax("HELO hostname")
+        self._hello(arg, esmtp=False)
+        return Reply.of(250, None, self._ctx.hostname)
+
+    def _hello(self, name: str, esmtp: bool) -> None:
+        self._endTransaction(Release.DIRTY)
+        self._greeted = True
+        self.client.helo = name
+        self.client.esmtp = esmtp
+
+    def do_STARTTLS(self, arg: str) -> Reply:
+        if arg:
+            return NO_PARAMETERS
+        if self._secure:
+            return TLS_ACTIVE
+        if self._ctx.tls is None:
+            return TLS_UNAVAILABLE
+        if not self._greeted:
+            return NEED_EHLO
+        if self._transaction is not None:
+            return TLS_IN_TRANSACTION
+        return TLS_GO
+
+    def do_AUTH(self, arg: str) -> Reply | Deferred[Reply]:
+        if not self.client.esmtp:
+            return NEED_EHLO
+        if self.client.tenant is not None:
+            return AUTH_DONE
+        if self._transaction is not None:
+            return AUTH_IN_TRANSACTION
+        if not (self._secure or self._ctx.allowInsecureAuth):
+            return AUTH_NEEDS_TLS
+        mechanism, _, initial = arg.partition(" ")
+        factory = MECHANISMS.get(mechanism.upper())
+        if factory is None:
+            return AUTH_MECHANISM
+        self._sasl = factory()
+        challenge = self._sasl.getChallenge()
+        if initial:
+            return self.authResponse(initial.strip().encode("ascii"))
+        return Reply.of(334, None, encodeChallenge(challenge))
+
+    def authResponse(self, line: bytes) -> Reply | Deferred[Reply]:
+        """A line answering our 334 challenge."""
+        if line == b"*":
+            self._sasl = None
+            return AUTH_CANCELLED
+        try:
+            self._sasl.setResponse(decodeResponse(line))
+        except (ValueError, IllegalClientResponse):
+            self._sasl = None
+            return AUTH_MALFORMED
+        if self._sasl.moreChallenges():
+            return Reply.of(334, None, encodeChallenge(self._sasl.getChallenge()))
+        credentials, self._sasl = self._sasl, None
+        return Deferred.fromCoroutine(self._authenticate(credentials))
+
+    async def _authenticate(self, credentials: IUsernamePassword) -> Reply:
+        username = credentials.username.decode("utf-8", "replace")
+        try:
+            tenantName = await self._ctx.checker.requestAvatarId(credentials)
+        except UnauthorizedLogin:
+            return self._authFailed(username, "bad credentials")
+        except Exception:
+            self.log.failure("credential check failed for {username}", username=username)
+            return AUTH_TEMPORARY
+        tenant = self._ctx.directory.tenant(tenantName)
+        if tenant is None or not tenant.active:
+            return self._authFailed(username, "tenant missing or suspended")
+        self.client.tenant, self.client.username = tenant, username
+        verdict = await settle(self._ctx.policies.check("auth", self.client, username))
+        if verdict.refuses:
+            self.client.tenant = self.client.username = None
+            return self._authFailed(username, "refused by policy") if verdict.reply.code == 535 else verdict.reply
+        self.log.info(
+            "{session} authenticated {username} as tenant {tenant}",
+            session=self.client.sessionId,
+            username=username,
+            tenant=tenant.name,
+        )
+        return AUTH_OK
+
+    def _authFailed(self, username: str, why: str) -> Reply:
+        # One stable line per failure, with the client address (fail2ban).
+        self.log.warn(
+            "smtprelay auth failed: client={ip} user={username} reason={why}",
+            ip=self.client.address,
+            username=username,
+            why=why,
+        )
+        return AUTH_FAILED
+
+    def do_MAIL(self, arg: str) -> Reply | Deferred[Reply]:
+        if not self._greeted:
+            return NEED_HELO
+        if self.client.tenant is None:
+            return AUTH_REQUIRED
+        if self._transaction is not None:
+            return NESTED_MAIL
+        m = _MAIL.fullmatch(arg)
+        if m is None or (m.group(2) and not m.group(2).startswith(" ")):
+            return _syntax("MAIL FROM:<address> [parameters]")
+        try:
+            sender = parsePath(m.group(1), allowNull=True)
+        except AddressError as e:
+            return Reply.of(501, "5.1.7", f"Bad sender address syntax: {e}")
+        try:
+            parameters = parseParameters(m.group(2))
+        except AddressError as e:
+            return Reply.of(501, "5.5.4", f"Syntax error in parameters: {e}")
+        problem = self._checkMailParameters(parameters)
+        if problem is not None:
+            return problem
+        self._transaction = Transaction(newQueueId(), sender, parameters)
+        return Deferred.fromCoroutine(self._mail(self._transaction))
+
+    def _checkMailParameters(self, parameters: dict[str, str | None]) -> Reply | None:
+        for key, value in parameters.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit():
+                    return Reply.of(501, "5.5.4", "Syntax error in SIZE parameter")
+                if int(value) > self._ctx.maxMessageSize:
+                    return Reply.of(552, "5.3.4", "Message size exceeds fixed limit")
+            elif key == "BODY":
+                if (value or "").upper() not in _BODY_TYPES:
+                    return Reply.of(501, "5.5.4", "Unsupported BODY type")
+            elif key != "AUTH":  # RFC 4954 §5: accepted, not passed on
+                return Reply.of(555, "5.5.4", f"Unsupported parameter {key}")
+        return None
+
+    async def _mail(self, transaction: Transaction) -> Reply:
+        verdict = await settle(self._ctx.policies.check("mailFrom", self.client, transaction))
+        if verdict.refuses:
+            self._endTransaction(Release.CLEAN)
+            return verdict.reply
+        sender = "" if transaction.sender is None else str(transaction.sender)
+        try:
+            upstream, reply = await self._ctx.upstreams.begin(self.client.tenant, sender, transaction.parameters)
+        except UpstreamError as e:
+            self.log.warn(
+                "{queueId} no upstream for {tenant}: {error}",
+                queueId=transaction.queueId,
+                tenant=self.client.tenant.name,
+                error=e,
+            )
+            self._endTransaction(Release.CLEAN)
+            return NO_UPSTREAM
+        if self._transaction is not transaction:  # the client left meanwhile
+            self._ctx.upstreams.release(upstream, Release.DIRTY)
+            return reply
+        self._upstream = upstream
+        if not reply.positive:
+            self._endTransaction(Release.DIRTY)
+        return reply
+
+    def do_RCPT(self, arg: str) -> Reply | Deferred[Reply]:
+        if self._transaction is None:
+            return NEED_MAIL
+        m = _RCPT.fullmatch(arg)
+        if m is None or (m.group(2) and not m.group(2).startswith(" ")):
+            return _syntax("RCPT TO:<address>")
+        try:
+            recipient = parsePath(m.group(1), allowNull=False)
+        except AddressError as e:
+            return Reply.of(501, "5.1.3", f"Bad recipient address syntax: {e}")
+        if m.group(2).strip():
+            return Reply.of(555, "5.5.4", "Unsupported RCPT parameters")
+        return Deferred.fromCoroutine(self._rcpt(self._transaction, self._upstream, recipient))
+
+    async def _rcpt(self, transaction: Transaction, upstream: IUpstreamSession, recipient) -> Reply:
+        verdict = await settle(self._ctx.policies.check("rcptTo", self.client, transaction, recipient))
+        if verdict.refuses:
+            return verdict.reply
+        try:
+            reply = await upstream.rcptTo(str(recipient), {})
+        except UpstreamError:
+            self._endTransaction(Release.BROKEN)
+            return UPSTREAM_LOST
+        if reply.positive:
+            transaction.recipients.append(recipient)
+        return reply
+
+    def do_DATA(self, arg: str) -> Reply | Deferred[Reply]:
+        if arg:
+            return NO_PARAMETERS
+        if self._transaction is None:
+            return NEED_MAIL
+        if not self._transaction.recipients:
+            return NO_RECIPIENTS
+        return Deferred.fromCoroutine(self._data(self._transaction, self._upstream))
+
+    async def _data(self, transaction: Transaction, upstream: IUpstreamSession) -> Reply:
+        try:
+            reply = await upstream.data()
+        except UpstreamError:
+            self._endTransaction(Release.BROKEN)
+            return UPSTREAM_LOST
+        if reply.code != 354:
+            self._endTransaction(Release.DIRTY)
+            return reply
+        if not self._closed:
+            trace = traceHeader(self.client, transaction, self._ctx.hostname)
+            self._stream = MessageStream(self.client, transaction, upstream, self._ctx.policies, trace, self._throttle)
+        return GO_AHEAD
+
+    def messageData(self, content: bytes) -> None:
+        """Message bytes between our 354 and the final dot, un-dot-stuffed."""
+        self._stream.write(content)
+
+    def endOfData(self, error: DataError | None) -> Deferred[Reply]:
+        """The final dot arrived; C{error} is what the framing check found."""
+        return Deferred.fromCoroutine(self._endOfData(self._transaction, self._upstream, self._stream, error))
+
+    async def _endOfData(self, transaction, upstream, stream: MessageStream, error: DataError | None) -> Reply:
+        await stream.finish()
+        refusal = DATA_ERRORS[error] if error is not None else stream.refusal
+        if refusal is None:
+            verdict = await settle(self._ctx.policies.check("endOfData", self.client, transaction))
+            refusal = verdict.reply if verdict.refuses else None
+        if refusal is not None:
+            self._endTransaction(Release.BROKEN)
+            return self._logged(transaction, refusal.withText(f"{refusal.text} (queue id {transaction.queueId})"))
+        stream.stop()
+        try:
+            replies = await upstream.end()
+        except UpstreamError:
+            self._endTransaction(Release.BROKEN)
+            return self._logged(transaction, finalReply([UPSTREAM_LOST], transaction.queueId))
+        self._endTransaction(Release.CLEAN)
+        return self._logged(transaction, finalReply(replies, transaction.queueId))
+
+    def _logged(self, transaction: Transaction, reply: Reply) -> Reply:
+        self.log.info(
+            "{queueId} tenant={tenant} client={ip} recipients={count} size={size} reply={code}",
+            queueId=transaction.queueId,
+            tenant=self.client.tenant.name if self.client.tenant else None,
+            ip=self.client.address,
+            count=len(transaction.recipients),
+            size=transaction.size,
+            code=reply.code,
+        )
+        return reply
+
+    def abortTransaction(self) -> None:
+        """Drop the transaction (the client broke the protocol)."""
+        self._endTransaction(Release.BROKEN)
+
+    def do_RSET(self, arg: str) -> Reply:
+        if arg:
+            return NO_PARAMETERS
+        self._endTransaction(Release.DIRTY)
+        return OK
+
+    def do_NOOP(self, arg: str) -> Reply:
+        return OK
+
+    def do_QUIT(self, arg: str) -> Reply:
+        return BYE
+
+    def do_VRFY(self, arg: str) -> Reply:
+        return VRFY
+
+    def do_EXPN(self, arg: str) -> Reply:
+        return EXPN
+
+    def do_HELP(self, arg: str) -> Reply:
+        return HELP
+
+    def _endTransaction(self, state: Release) -> None:
+        """Forget the current transaction and hand its upstream session back."""
+        transaction, upstream, stream = self._transaction, self._upstream, self._stream
+        self._transaction = self._upstream = self._stream = None
+        if stream is not None:
+            stream.stop()
+        if upstream is not None:
+            self._ctx.upstreams.release(upstream, state)
+        if transaction is not None:
+            self._ctx.policies.notify("reset", self.client, transaction)

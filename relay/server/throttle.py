@@ -1,0 +1,58 @@
+"""
+Flow control towards the client: reading from the client's connection stops
+while any part of the relay has a reason to wait (the upstream cannot keep
+up, a policy is deciding, too much input is buffered) and resumes when none
+has.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["Throttle"]
+
+
+class Throttle:
+    """
+    Pauses a push producer (the client's transport) while any reason holds.
+
+    A transport's C{pauseProducing} does not nest, so the reasons are
+    counted here: the transport resumes only when the last one is released.
+    """
+
+    def __init__(self, producer: IPushProducer):
+        self._producer = producer
+        self._reasons: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        if not self._reasons:
+            self._producer.pauseProducing()
+        self._reasons.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._producer.resumeProducing()
+
+    def producer(self, reason: str) -> IPushProducer:
+        """A producer to register with a consumer: its pauses hold C{reason}."""
+        return _ReasonProducer(self, reason)
+
+
+@implementer(IPushProducer)
+class _ReasonProducer:
+    def __init__(self, throttle: Throttle, reason: str):
+        self._throttle = throttle
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._throttle.hold(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._throttle.release(self._reason)
+
+    def stopProducing(self) -> None:
+        self._throttle.release(self._reason)

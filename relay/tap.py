@@ -1,0 +1,84 @@
+"""
+C{twistd smtprelay}: command-line options and the service they build.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.python import usage
+
+from relay.store.database import DEFAULT_DATABASE
+
+__all__ = ["Options", "makeService"]
+
+DEFAULT_LISTENER = "tcp:2525:interface=127.0.0.1"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A multi-tenant SMTP relay: tenants authenticate with SMTP AUTH over TLS and each message "
+        "streams straight into the tenant's own upstream, which answers before we do.  Listeners "
+        "are Twisted endpoint strings (e.g. tcp:587, haproxy:tcp:25); with no --smtp or --smtps "
+        f"the relay listens on {DEFAULT_LISTENER}."
+    )
+
+    optFlags = [
+        ["allow-insecure-auth", None, "Offer AUTH without TLS. For tests on loopback only."],
+    ]
+    optParameters = [
+        ["database", None, os.environ.get("SMTPRELAY_DATABASE", DEFAULT_DATABASE), "Tenant store URL."],
+        [
+            "secret-key-file",
+            None,
+            os.environ.get("SMTPRELAY_SECRET_KEY_FILE", "var/secret.key"),
+            "Key file for upstream credentials (created with mode 0600 when absent).",
+        ],
+        ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS and --smtps."],
+        ["tls-key", None, None, "PEM private key (default: in --tls-cert)."],
+        ["hostname", None, None, "Name in the greeting, EHLO and trace header (default: this host's FQDN)."],
+        ["max-message-size", None, 50 * 1024 * 1024, "Largest message accepted, in octets (SIZE).", int],
+        ["idle-timeout", None, 300.0, "Seconds a client may stay silent (RFC 5321 4.5.3.2).", float],
+        ["upstream-timeout", None, 60.0, "Seconds to wait for any upstream reply (URL ?timeout= wins).", float],
+        ["upstream-idle-timeout", None, 30.0, "Seconds an unused upstream connection stays open.", float],
+        ["upstream-max-connections", None, 50, "Connections open at once to one upstream.", int],
+        ["policy-timeout", None, 30.0, "Seconds a policy hook may take before the message is tempfailed.", float],
+        ["refresh-interval", None, 2.0, "Seconds between checks of the store for changes.", float],
+        ["store-threads", None, 4, "Threads for database and password-hashing work.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["smtp"] = []
+        self["smtps"] = []
+
+    def opt_smtp(self, endpoint: str) -> None:
+        """Listen for SMTP on this endpoint, STARTTLS offered (repeatable)."""
+        self["smtp"].append(endpoint)
+
+    def opt_smtps(self, endpoint: str) -> None:
+        """Listen for SMTP over implicit TLS on this endpoint (repeatable)."""
+        self["smtps"].append(endpoint)
+
+    def postOptions(self) -> None:
+        if not self["smtp"] and not self["smtps"]:
+            self["smtp"] = [DEFAULT_LISTENER]
+        if self["smtps"] and not self["tls-cert"]:
+            raise usage.UsageError("--smtps needs --tls-cert")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["hostname"] is None:
+            self["hostname"] = socket.getfqdn()
+        for name in ("max-message-size", "idle-timeout", "upstream-timeout", "store-threads"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from relay.service import RelayService
+
+    return RelayService(options, reactor)

@@ -1,0 +1,176 @@
+"""
+The C{smtp}, C{smtp+starttls} and C{smtps} upstream types.
+
+URL forms (DESIGN.md §4)::
+
+    smtp://host[:25]                    STARTTLS when offered
+    smtp+starttls://user:pass@host[:587] STARTTLS required
+    smtps://user:pass@host[:465]        implicit TLS
+
+Query options: C{verify=no} (do not verify the certificate), C{ca=PATH}
+(trust these PEM certificates instead of the system's), C{timeout=SECONDS}
+(per reply), C{auth=plain|login}.  Credentials are only ever sent over TLS.
+"""
+
+from __future__ import annotations
+
+import os
+from base64 import b64encode
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from zope.interface import implementer
+
+from relay.interfaces import IUpstreamType
+from relay.tls import MINIMUM_TLS, pemCertificates
+from relay.upstreams import UpstreamContext, UpstreamError
+from relay.upstreams.smtpclient import SMTPClientProtocol, SMTPSession
+from relay.urls import UpstreamURL
+
+__all__ = ["SMTPUpstreamType", "connectSMTP"]
+
+DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465, "lmtp": 24}
+OPTIONS = {"verify", "ca", "timeout", "auth"}
+
+
+def validateOptions(url: UpstreamURL) -> None:
+    """
+    Check the query options shared by the SMTP and LMTP types.
+
+    @raise ValueError: an option is unknown or has a bad value.
+    """
+    unknown = set(url.options) - OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(OPTIONS))})")
+    if url.option("verify", "yes") not in ("yes", "no"):
+        raise ValueError("verify must be yes or no")
+    if "ca" in url.options and not os.path.isfile(url.options["ca"]):
+        raise ValueError(f"CA file {url.options['ca']!r} not found")
+    try:
+        if float(url.option("timeout", "60")) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError("timeout must be a positive number of seconds") from None
+    if url.option("auth", "plain") not in ("plain", "login"):
+        raise ValueError("auth must be plain or login")
+    if url.password is not None and url.username is None:
+        raise ValueError("a password needs a user name")
+
+
+def _tlsOptions(url: UpstreamURL):
+    """The client TLS settings for an upstream URL: verified unless told not to."""
+    if url.option("verify", "yes") == "no":
+        return CertificateOptions(raiseMinimumTo=MINIMUM_TLS)
+    if "ca" in url.options:
+        with open(url.options["ca"], "rb") as f:
+            trust = trustRootFromCertificates([Certificate.loadPEM(pem) for pem in pemCertificates(f.read())])
+    else:
+        trust = platformTrust()
+    return optionsForClientTLS(url.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS})
+
+
+async def _ehlo(protocol: SMTPClientProtocol, greet: bytes) -> dict[str, str]:
+    """Say EHLO (or LHLO), falling back to HELO; return the extensions."""
+    reply = await protocol.send(greet)
+    if reply.code == 250:
+        return {
+            words[0].upper(): " ".join(words[1:]) for words in (line.split() for line in reply.lines[1:]) if words
+        }
+    if greet.startswith(b"EHLO"):
+        reply = await protocol.send(b"HELO" + greet[4:])
+        if reply.code == 250:
+            return {}
+    raise UpstreamError("refused", f"upstream refused our greeting: {reply.code} {reply.text}", reply)
+
+
+async def _authenticate(protocol: SMTPClientProtocol, extensions: dict[str, str], url: UpstreamURL) -> None:
+    """AUTH PLAIN or LOGIN with the URL's credentials (RFC 4954)."""
+    offered = extensions.get("AUTH", "").upper().split()
+    mechanism = url.options.get("auth") or ("login" if "LOGIN" in offered and "PLAIN" not in offered else "plain")
+    user = url.username.encode("utf-8")
+    password = (url.password or "").encode("utf-8")
+    if mechanism == "plain":
+        reply = await protocol.send(b"AUTH PLAIN " + b64encode(b"\0" + user + b"\0" + password))
+    else:
+        reply = await protocol.send(b"AUTH LOGIN")
+        for answer in (user, password):
+            if reply.code != 334:
+                break
+            reply = await protocol.send(b64encode(answer))
+    if reply.code != 235:
+        raise UpstreamError("auth", f"upstream refused our credentials: {reply.code} {reply.text}", reply)
+
+
+async def connectSMTP(
+    endpoint, peer: str, url: UpstreamURL, context: UpstreamContext, upstreamType: str, greet: bytes
+) -> SMTPSession:
+    """
+    Connect, read the greeting, say EHLO (or LHLO), negotiate TLS as the URL
+    asks and authenticate; shared by the SMTP and LMTP types.
+
+    @param peer: where the endpoint leads, for messages.
+    @param greet: the greeting command line, C{b"EHLO name"} or C{b"LHLO name"}.
+    """
+    timeout = float(url.option("timeout", str(context.timeout)))
+    factory = Factory.forProtocol(lambda: SMTPClientProtocol(context.reactor, timeout))
+    try:
+        protocol: SMTPClientProtocol = await endpoint.connect(factory)
+    except Exception as e:
+        raise UpstreamError("connect", f"cannot connect to {peer}: {e}") from None
+    try:
+        greeting = await protocol.greeting
+        if greeting.code != 220:
+            raise UpstreamError("refused", f"upstream greeted us with {greeting.code} {greeting.text}", greeting)
+        extensions = await _ehlo(protocol, greet)
+        secure = url.scheme == "smtps"
+        if not secure and (url.scheme.endswith("+starttls") or "STARTTLS" in extensions):
+            if "STARTTLS" not in extensions:
+                raise UpstreamError("tls", f"{peer} does not offer STARTTLS")
+            reply = await protocol.send(b"STARTTLS", discardAfter=True)
+            if reply.code != 220:
+                raise UpstreamError("tls", f"{peer} refused STARTTLS: {reply.code} {reply.text}", reply)
+            protocol.transport.startTLS(_tlsOptions(url))
+            secure = True
+            extensions = await _ehlo(protocol, greet)
+        if url.username is not None:
+            if not secure:
+                raise UpstreamError("tls", f"refusing to send credentials to {peer} without TLS")
+            await _authenticate(protocol, extensions, url)
+    except UpstreamError:
+        protocol.abort("setup failed")
+        raise
+    return SMTPSession(protocol, extensions, peer, upstreamType)
+
+
+@implementer(IUpstreamType)
+class SMTPUpstreamType:
+    """Relays into an SMTP server, the usual case."""
+
+    name = "smtp"
+    schemes = ("smtp", "smtp+starttls", "smtps")
+
+    def validate(self, url: UpstreamURL) -> None:
+        if url.scheme not in self.schemes:
+            raise ValueError(f"not an SMTP URL: {url.scheme}")
+        if not url.host:
+            raise ValueError("an SMTP upstream needs a host")
+        if url.path not in ("", "/"):
+            raise ValueError("an SMTP upstream URL has no path")
+        validateOptions(url)
+
+    def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[SMTPSession]:
+        port = url.port or DEFAULT_PORTS[url.scheme]
+        timeout = float(url.option("timeout", str(context.timeout)))
+        endpoint = HostnameEndpoint(context.reactor, url.host, port, timeout=timeout)
+        if url.scheme == "smtps":
+            endpoint = wrapClientTLS(_tlsOptions(url), endpoint)
+        greet = b"EHLO " + context.hostname.encode("ascii")
+        return Deferred.fromCoroutine(connectSMTP(endpoint, f"{url.host}:{port}", url, context, self.name, greet))

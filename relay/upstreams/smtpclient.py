@@ -1,0 +1,212 @@
+"""
+Our SMTP client: the protocol that talks to an upstream, and the
+L{IUpstreamSession} built on it.
+
+Not C{twisted.mail.smtp.ESMTPClient}: that client dot-stuffs wrongly at
+chunk boundaries and keeps plaintext buffered across STARTTLS.  This one
+matches replies to commands in order (so commands may be pipelined), discards
+whatever follows the upstream's C{220} to STARTTLS (CVE-2011-0411 class) and
+stuffs dots correctly however the message is split.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from OpenSSL.SSL import Error as TLSError
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relay.interfaces import IUpstreamSession
+from relay.reply import Reply
+from relay.upstreams import UpstreamError
+
+__all__ = ["SMTPClientProtocol", "SMTPSession"]
+
+MAX_REPLY_LINE = 2048  # generous: RFC 5321 §4.5.3.1.5 allows 512
+MAX_REPLY_LINES = 100
+
+
+class SMTPClientProtocol(Protocol):
+    """
+    Sends command lines and fires one Deferred per reply, in order.
+
+    @ivar greeting: fires with the server's greeting reply.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float):
+        self._clock = clock
+        self._timeout = timeout
+        self._buffer = b""
+        self._lines: list[bytes] = []
+        self._waiting: deque[tuple[Deferred[Reply], IDelayedCall, bool]] = deque()
+        self._error: UpstreamError | None = None
+        self.greeting = self._expect(False, timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._error is None and self.connected
+
+    def send(self, line: bytes, discardAfter: bool = False) -> Deferred[Reply]:
+        """
+        Send one command line (without CRLF).
+
+        @param discardAfter: drop any bytes the server sent after this
+            command's reply (STARTTLS).
+        @return: a Deferred firing with the reply or failing with
+            L{UpstreamError}.
+        """
+        if self._error is not None:
+            return fail(self._error)
+        self.transport.write(line + b"\r\n")
+        return self._expect(discardAfter, self._timeout)
+
+    def expectReply(self) -> Deferred[Reply]:
+        """Wait for one more reply without sending a command (end of data)."""
+        if self._error is not None:
+            return fail(self._error)
+        return self._expect(False, self._timeout)
+
+    def abort(self, message: str) -> None:
+        """Drop the connection at once; waiting commands fail."""
+        self._failAll(UpstreamError("lost", message))
+        self.transport.abortConnection()
+
+    def _expect(self, discardAfter: bool, timeout: float) -> Deferred[Reply]:
+        d: Deferred[Reply] = Deferred()
+        timer = self._clock.callLater(timeout, self._timedOut, timeout)
+        self._waiting.append((d, timer, discardAfter))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while self._error is None:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LINE:
+                    self._broken("protocol", "reply line too long")
+                return
+            line = self._buffer[:end].rstrip(b"\r")
+            self._buffer = self._buffer[end + 1 :]
+            self._lines.append(line)
+            if line[3:4] == b"-":
+                if len(self._lines) > MAX_REPLY_LINES:
+                    self._broken("protocol", "reply too long")
+                continue
+            lines, self._lines = self._lines, []
+            try:
+                reply = Reply.parse(lines)
+            except ValueError as e:
+                self._broken("protocol", f"garbage from upstream: {e}")
+                return
+            if not self._waiting:
+                self._broken("protocol", "reply without a command")
+                return
+            d, timer, discardAfter = self._waiting.popleft()
+            timer.cancel()
+            if discardAfter:
+                self._buffer = b""
+            d.callback(reply)
+
+    def _timedOut(self, timeout: float) -> None:
+        self._broken("timeout", f"no reply within {timeout:g}s")
+
+    def _broken(self, kind: str, message: str) -> None:
+        """The conversation cannot go on: fail every waiting command, drop."""
+        self._failAll(UpstreamError(kind, message))
+        self.transport.abortConnection()
+
+    def _failAll(self, error: UpstreamError) -> None:
+        if self._error is None:
+            self._error = error
+        while self._waiting:
+            d, timer, _ = self._waiting.popleft()
+            if timer.active():
+                timer.cancel()
+            d.errback(Failure(self._error))
+
+    def connectionLost(self, reason: Failure) -> None:
+        if reason.check(TLSError):
+            self._failAll(UpstreamError("tls", f"TLS failed: {reason.getErrorMessage()}"))
+        else:
+            self._failAll(UpstreamError("lost", "upstream closed the connection"))
+
+
+@implementer(IUpstreamSession)
+class SMTPSession:
+    """
+    One SMTP (or LMTP) connection ready for transactions.
+
+    @ivar extensions: the EHLO keywords the upstream offered, upper case,
+        mapped to their parameters.
+    """
+
+    def __init__(self, protocol: SMTPClientProtocol, extensions: dict[str, str], peer: str, upstreamType: str):
+        self._protocol = protocol
+        self.extensions = extensions
+        self.peer = peer
+        self.upstreamType = upstreamType
+        self._atLineStart = True
+
+    @property
+    def alive(self) -> bool:
+        return self._protocol.alive
+
+    def _parameters(self, parameters: dict[str, str | None]) -> bytes:
+        """The MAIL parameters this upstream understands."""
+        passed = []
+        if "SIZE" in parameters and "SIZE" in self.extensions:
+            passed.append(b" SIZE=" + parameters["SIZE"].encode("ascii"))
+        if "BODY" in parameters and "8BITMIME" in self.extensions:
+            passed.append(b" BODY=" + parameters["BODY"].encode("ascii"))
+        return b"".join(passed)
+
+    def mailFrom(self, sender: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
+        return self._protocol.send(b"MAIL FROM:<" + sender.encode("ascii") + b">" + self._parameters(parameters))
+
+    def rcptTo(self, recipient: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
+        return self._protocol.send(b"RCPT TO:<" + recipient.encode("ascii") + b">")
+
+    def data(self) -> Deferred[Reply]:
+        self._atLineStart = True
+        return self._protocol.send(b"DATA")
+
+    def write(self, data: bytes) -> None:
+        """Dot-stuff and send message bytes (RFC 5321 §4.5.2)."""
+        if not data:
+            return
+        if self._atLineStart and data[:1] == b".":
+            data = b"." + data
+        data = data.replace(b"\n.", b"\n..")
+        self._atLineStart = data[-1:] == b"\n"
+        self._protocol.transport.write(data)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._protocol.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._protocol.transport.unregisterProducer()
+
+    def end(self) -> Deferred[list[Reply]]:
+        self._protocol.transport.write(b".\r\n" if self._atLineStart else b"\r\n.\r\n")
+        return self._protocol.expectReply().addCallback(lambda reply: [reply])
+
+    def abort(self) -> None:
+        self._protocol.abort("transaction aborted")
+
+    def reset(self) -> Deferred[None]:
+        def checked(reply: Reply) -> None:
+            if reply.code != 250:
+                raise UpstreamError("protocol", f"RSET refused: {reply.text}", reply)
+
+        return self._protocol.send(b"RSET").addCallback(checked)
+
+    def close(self) -> Deferred[None]:
+        if not self.alive:
+            return succeed(None)
+        d = self._protocol.send(b"QUIT")
+        d.addBoth(lambda _: self._protocol.transport.loseConnection())
+        return d.addBoth(lambda _: None)
