@@ -59,7 +59,7 @@ class DataScanner:
     def __init__(self, maxSize: int) -> None:
         self._maxSize = maxSize
         self._held = b""
-        self._lineStart = True  # the next byte of the stream begins a line
+        self._lineStart = True  # nothing consumed yet: the stream begins a line
         self._lineLength = 0  # octets of the unfinished line so far
         self.error: DataError | None = None
         self.size = 0
@@ -88,8 +88,10 @@ class DataScanner:
         if rest is not None:
             self._held = b""
         if segment:
-            # Held bytes after a segment start with the CR ending its line.
-            self._lineStart = not self._held and segment[-1:] == b"\n"
+            # A line end is CRLF, and a trailing CRLF is always held back, so
+            # after any segment the next read never starts a line: a bare LF
+            # before "." must not make it an end marker.
+            self._lineStart = False
         if self.error is not None or not segment:
             return b"", rest
         self._check(segment)

@@ -121,6 +121,7 @@ async def connectSMTP(
     """
     timeout = float(url.option("timeout", str(context.timeout)))
     factory = Factory.forProtocol(lambda: SMTPClientProtocol(context.reactor, timeout))
+    factory.noisy = False
     try:
         protocol: SMTPClientProtocol = await endpoint.connect(factory)
     except Exception as e:

@@ -44,6 +44,7 @@ class SMTPClientProtocol(Protocol):
         self._lines: list[bytes] = []
         self._waiting: deque[tuple[Deferred[Reply], IDelayedCall, bool]] = deque()
         self._error: UpstreamError | None = None
+        self.lost = False
         self.greeting = self._expect(False, timeout)
 
     @property
@@ -129,6 +130,7 @@ class SMTPClientProtocol(Protocol):
             d.errback(Failure(self._error))
 
     def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
         if reason.check(TLSError):
             self._failAll(UpstreamError("tls", f"TLS failed: {reason.getErrorMessage()}"))
         else:
@@ -188,7 +190,8 @@ class SMTPSession:
         self._protocol.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._protocol.transport.unregisterProducer()
+        if not self._protocol.lost:  # a closed TLS transport has nothing to unregister from
+            self._protocol.transport.unregisterProducer()
 
     def end(self) -> Deferred[list[Reply]]:
         self._protocol.transport.write(b".\r\n" if self._atLineStart else b"\r\n.\r\n")

@@ -1,0 +1,226 @@
+"""
+In-memory test doubles, shipped with the code so plugin authors can test
+against them too: an upstream type whose sessions record what they get and
+answer as told, a directory, a credential checker, and a L{ServerContext}
+wired from them.  No sockets, no threads: pair them with
+C{twisted.internet.testing.MemoryReactorClock} and C{StringTransport}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from relay.interfaces import IUpstreamSession, IUpstreamType
+from relay.policy.chain import PolicyChain
+from relay.reply import Reply
+from relay.server.context import ServerContext
+from relay.tenants import Login, Snapshot, Tenant, Upstream
+from relay.upstreams import UpstreamContext, UpstreamError
+from relay.upstreams.pool import UpstreamPool
+from relay.urls import UpstreamURL
+
+__all__ = [
+    "FakeChecker",
+    "FakeDirectory",
+    "FakeUpstreamSession",
+    "FakeUpstreamType",
+    "Delivered",
+    "fakeServerContext",
+]
+
+
+@dataclass
+class Delivered:
+    """A message a fake upstream session completed."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+
+@implementer(IUpstreamSession)
+class FakeUpstreamSession:
+    """
+    Records one transaction at a time and answers from C{replies}, keyed by
+    C{"MAIL"}, C{"RCPT"}, C{"DATA"}, C{"END"} and C{"RSET"}.  A verb listed
+    in C{hold} gets a Deferred that the test fires from C{held[verb]}.
+
+    @ivar calls: every method called, in order, for assertions.
+    @ivar delivered: the upstream type's list of completed messages.
+    """
+
+    upstreamType = "fake"
+
+    def __init__(self, kind: FakeUpstreamType, peer: str):
+        self._kind = kind
+        self.peer = peer
+        self.alive = True
+        self.calls: list[str] = []
+        self.held: dict[str, Deferred] = {}
+        self.producer = None
+        self._sender = ""
+        self._recipients: list[str] = []
+        self._data: list[bytes] = []
+
+    def _answer(self, verb: str, value=None) -> Deferred:
+        self.calls.append(verb)
+        if verb in self._kind.hold:
+            d: Deferred = Deferred()
+            self.held[verb] = d
+            return d
+        if verb in self._kind.errors:
+            return fail(UpstreamError("lost", f"scripted failure at {verb}"))
+        return succeed(value if value is not None else self._kind.replies[verb])
+
+    def mailFrom(self, sender, parameters):
+        self._sender, self._recipients, self._data = sender, [], []
+        return self._answer("MAIL")
+
+    def rcptTo(self, recipient, parameters):
+        reply = self._kind.replies.get(f"RCPT {recipient}", self._kind.replies["RCPT"])
+        if reply.positive:
+            self._recipients.append(recipient)
+        return self._answer("RCPT", reply)
+
+    def data(self):
+        return self._answer("DATA")
+
+    def write(self, data: bytes) -> None:
+        self._data.append(data)
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self._data)
+
+    def end(self):
+        reply = self._kind.replies["END"]
+
+        def delivered(replies):
+            if replies[0].positive:
+                self._kind.delivered.append(Delivered(self._sender, list(self._recipients), self.written))
+            return replies
+
+        return self._answer("END", [reply]).addCallback(delivered)
+
+    def abort(self) -> None:
+        self.calls.append("ABORT")
+        self.alive = False
+
+    def reset(self):
+        return self._answer("RSET", self._kind.replies["RSET"]).addCallback(lambda _: None)
+
+    def close(self):
+        self.calls.append("QUIT")
+        self.alive = False
+        return succeed(None)
+
+
+@implementer(IUpstreamType)
+class FakeUpstreamType:
+    """
+    The C{fake://} upstream type.  Hosts listed in C{unreachable} fail to
+    open, as a refused connection would.
+    """
+
+    name = "fake"
+    schemes = ("fake",)
+
+    def __init__(self) -> None:
+        self.replies: dict[str, Reply] = {
+            "MAIL": Reply.of(250, "2.1.0", "Ok"),
+            "RCPT": Reply.of(250, "2.1.5", "Ok"),
+            "DATA": Reply.of(354, None, "Go ahead"),
+            "END": Reply.of(250, "2.0.0", "Ok: queued"),
+            "RSET": Reply.of(250, "2.0.0", "Ok"),
+        }
+        self.hold: set[str] = set()
+        self.errors: set[str] = set()
+        self.unreachable: set[str] = set()
+        self.sessions: list[FakeUpstreamSession] = []
+        self.delivered: list[Delivered] = []
+
+    def validate(self, url: UpstreamURL) -> None:
+        if not url.host:
+            raise ValueError("fake URLs need a host")
+
+    def open(self, url: UpstreamURL, context: UpstreamContext):
+        if url.host in self.unreachable:
+            return fail(UpstreamError("connect", f"{url.host} refused the connection"))
+        session = FakeUpstreamSession(self, url.host)
+        self.sessions.append(session)
+        return succeed(session)
+
+
+@dataclass
+class FakeDirectory:
+    """Tenants and logins held in plain dicts."""
+
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    logins: dict[str, Login] = field(default_factory=dict)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(0, self.tenants, self.logins)
+
+    def tenant(self, name: str) -> Tenant | None:
+        return self.tenants.get(name)
+
+    def login(self, username: str) -> Login | None:
+        return self.logins.get(username)
+
+
+@implementer(ICredentialsChecker)
+class FakeChecker:
+    """Plain-text passwords: C{{username: (password, tenant)}}."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, accounts: Mapping[str, tuple[str, str]]):
+        self._accounts = accounts
+
+    def requestAvatarId(self, credentials):
+        username = credentials.username.decode() if isinstance(credentials.username, bytes) else credentials.username
+        password = credentials.password.decode() if isinstance(credentials.password, bytes) else credentials.password
+        account = self._accounts.get(username)
+        if account is None or account[0] != password:
+            return fail(UnauthorizedLogin())
+        return succeed(account[1])
+
+
+def fakeServerContext(reactor, upstreamType: FakeUpstreamType | None = None, policies=(), **settings) -> ServerContext:
+    """
+    A L{ServerContext} with one tenant C{acme} (login C{alice} / C{secret},
+    upstreams C{fake://primary} and C{fake://backup}) delivering to
+    C{upstreamType}.  C{settings} override L{ServerContext} fields.
+    """
+    kind = upstreamType or FakeUpstreamType()
+    tenant = Tenant(
+        "acme",
+        upstreams=(Upstream(UpstreamURL.parse("fake://primary"), 10), Upstream(UpstreamURL.parse("fake://backup"), 20)),
+        domains=frozenset({"example.com"}),
+    )
+    context = UpstreamContext(reactor=reactor, hostname="relay.test", threadPool=None, timeout=30.0)
+    fields = dict(
+        reactor=reactor,
+        hostname="relay.test",
+        directory=FakeDirectory({"acme": tenant}),
+        checker=FakeChecker({"alice": ("secret", "acme")}),
+        policies=PolicyChain(list(policies), reactor),
+        upstreams=UpstreamPool({"fake": kind}, context),
+        allowInsecureAuth=True,
+    )
+    fields.update(settings)
+    return ServerContext(**fields)
