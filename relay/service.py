@@ -5,6 +5,7 @@ command-line options.
 
 from __future__ import annotations
 
+from sqlalchemy import make_url
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
@@ -39,7 +40,8 @@ def _openStore(options) -> Store:
     except (StoreError, OSError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
     except Exception as e:  # a driver error: unreachable database, bad URL, ...
-        raise usage.UsageError(f"cannot open the tenant store {options['database']}: {e}") from None
+        shown = make_url(options["database"]).render_as_string(hide_password=True)
+        raise usage.UsageError(f"cannot open the tenant store {shown}: {e}") from None
 
 
 class RelayService(MultiService):

@@ -10,6 +10,7 @@ import socket
 from twisted.python import usage
 
 from relay.store.database import DEFAULT_DATABASE
+from relay.store.secrets import DEFAULT_KEY_FILE
 
 __all__ = ["Options", "makeService"]
 
@@ -33,7 +34,7 @@ class Options(usage.Options):
         [
             "secret-key-file",
             None,
-            os.environ.get("SMTPRELAY_SECRET_KEY_FILE", "var/secret.key"),
+            os.environ.get("SMTPRELAY_SECRET_KEY_FILE", DEFAULT_KEY_FILE),
             "Key file for upstream credentials (created with mode 0600 when absent).",
         ],
         ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS and --smtps."],
