@@ -5,11 +5,60 @@ the store into memory, so that no message waits on a database query.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from relay.urls import UpstreamURL
 
-__all__ = ["Login", "Snapshot", "Tenant", "Upstream"]
+__all__ = ["Login", "Network", "Rate", "Snapshot", "Tenant", "Upstream"]
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """
+    A budget: at most C{count} per C{seconds}, written C{100/1m}, C{10000/1d}
+    or C{5/30s} (units s, m, h, d).
+    """
+
+    count: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """
+        @raise ValueError: not of the form COUNT/[N]UNIT with a positive period.
+        """
+        m = _RATE.match(text)
+        if m is None:
+            raise ValueError(f"not a rate: {text!r} (expected e.g. 100/1m, 10000/1d)")
+        seconds = int(m.group(2) or "1") * _UNIT[m.group(3)]
+        if seconds <= 0:
+            raise ValueError(f"not a rate: {text!r} (the period must be positive)")
+        return cls(int(m.group(1)), seconds)
+
+    def __str__(self) -> str:
+        for unit in "dhm":
+            if self.seconds % _UNIT[unit] == 0:
+                return f"{self.count}/{self.seconds // _UNIT[unit]}{unit}"
+        return f"{self.count}/{self.seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """
+    A client network of a tenant.
+
+    @ivar network: the addresses it covers.
+    @ivar noAuth: clients from it act as the tenant without AUTH (fixed-address
+        senders); otherwise it only restricts where AUTH is accepted from.
+    """
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    noAuth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +85,15 @@ class Tenant:
     @ivar upstreams: in priority order.
     @ivar domains: allowed sender domains, lower case; C{*.example.com} means
         the subdomains of example.com.
+    @ivar maxSize: largest message in octets, or C{None} for the relay's limit.
+    @ivar maxRecipients: recipients per message, or C{None} for no cap.
+    @ivar rate: messages per period, or C{None}.
+    @ivar rateRecipients: recipients per period, or C{None}.
+    @ivar maxConcurrency: transactions in flight at once, or C{None}.
+    @ivar allowBounces: the null sender C{<>} is allowed.
+    @ivar networks: the client networks; when any is not C{noAuth}, AUTH is
+        only accepted from the networks listed.
+    @ivar blocklist: URL domains refused in message content, lower case.
     """
 
     name: str
@@ -43,6 +101,14 @@ class Tenant:
     orgId: str | None = None
     upstreams: tuple[Upstream, ...] = ()
     domains: frozenset[str] = frozenset()
+    maxSize: int | None = None
+    maxRecipients: int | None = None
+    rate: Rate | None = None
+    rateRecipients: Rate | None = None
+    maxConcurrency: int | None = None
+    allowBounces: bool = False
+    networks: tuple[Network, ...] = ()
+    blocklist: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
