@@ -15,7 +15,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ["AddressError", "Mailbox", "parsePath", "parseParameters"]
+__all__ = ["AddressError", "Mailbox", "domainAllowed", "parseMailboxList", "parsePath", "parseParameters"]
 
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
@@ -31,6 +31,7 @@ _PATH = re.compile(
     rf"<(?:(?P<route>@{_DOMAIN}(?:,@{_DOMAIN})*):)?"
     rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})>"
 )
+_ADDR_SPEC = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN})")
 _PARAM = re.compile(r"^(?P<key>[A-Za-z0-9][A-Za-z0-9-]*)(?:=(?P<value>[\x21-\x3c\x3e-\x7e]+))?$")
 
 
@@ -124,3 +125,91 @@ def parseParameters(text: str) -> dict[str, str | None]:
             raise AddressError(f"repeated parameter {key}")
         params[key] = m.group("value")
     return params
+
+
+def _splitMailboxes(value: str) -> list[tuple[str, list[str]]]:
+    """
+    Cut a header value into mailboxes at top-level commas.  Comments are
+    dropped; quoted strings are kept whole.  For each mailbox, returns the
+    text outside angle brackets and the contents of each C{<...>}.
+
+    @raise AddressError: unbalanced quotes, comments or brackets.
+    """
+    mailboxes: list[tuple[str, list[str]]] = []
+    outside, angles = [], []
+    angle: list[str] | None = None
+    depth = 0
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if depth:
+            depth += {"(": 1, ")": -1}.get(c, 0)
+            i += 2 if c == "\\" else 1
+            continue
+        if c == '"':
+            end = i + 1
+            while end < len(value) and value[end] != '"':
+                end += 2 if value[end] == "\\" else 1
+            if end >= len(value):
+                raise AddressError("unbalanced quotes")
+            (outside if angle is None else angle).append(value[i : end + 1])
+            i = end + 1
+            continue
+        if c == "(":
+            depth = 1
+        elif c == "<" and angle is None:
+            angle = []
+        elif c == ">" and angle is not None:
+            angles.append("".join(angle))
+            angle = None
+        elif c in "<>":
+            raise AddressError("misplaced angle bracket")
+        elif c == "," and angle is None:
+            mailboxes.append(("".join(outside), angles))
+            outside, angles = [], []
+        else:
+            (outside if angle is None else angle).append(c)
+        i += 1
+    if depth or angle is not None:
+        raise AddressError("unbalanced comment or angle bracket")
+    mailboxes.append(("".join(outside), angles))
+    return mailboxes
+
+
+def parseMailboxList(value: str) -> list[Mailbox]:
+    """
+    Parse a header's mailbox list (RFC 5322 §3.4), as in C{From:}, strictly:
+    each mailbox is an addr-spec or a display name followed by one
+    C{<addr-spec>}; an unquoted C{@} in a display name, a source route, a
+    group, or anything left over is an error, never a guess.
+
+    @raise AddressError: the value is not such a list.
+    """
+    mailboxes = []
+    for outside, angles in _splitMailboxes(value):
+        if len(angles) > 1:
+            raise AddressError("more than one address in a mailbox")
+        if angles:
+            if "@" in re.sub(_QUOTED, "", outside) or ":" in outside or ";" in outside:
+                raise AddressError("invalid display name")
+            spec = angles[0].strip()
+        else:
+            spec = outside.strip()
+        m = _ADDR_SPEC.fullmatch(spec)
+        if m is None:
+            raise AddressError(f"not an address: {spec[:60]!r}")
+        mailboxes.append(Mailbox(m.group("local"), m.group("domain")))
+    return mailboxes
+
+
+def domainAllowed(domain: str, allowed: frozenset[str]) -> bool:
+    """
+    Salesforce's email domain filter: C{example.com} allows exactly that
+    domain, C{*.example.com} allows its subdomains (not itself).  Case does
+    not matter; address literals never match.
+    """
+    domain = domain.lower()
+    if domain in allowed:
+        return True
+    labels = domain.split(".")
+    return any("*." + ".".join(labels[i:]) in allowed for i in range(1, len(labels)))

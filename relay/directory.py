@@ -9,6 +9,8 @@ snapshot is reloaded and swapped in at once.
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -37,6 +39,7 @@ class Directory:
         self._poller = LoopingCall(self._refresh)
         self._poller.clock = reactor
         self.snapshot = Snapshot(generation=-1)
+        self._noAuth: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Tenant]] = []
 
     def _inThread(self, f, *args) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -57,6 +60,13 @@ class Directory:
         for problem in snapshot.problems:
             self.log.error("store: {problem}", problem=problem)
         self.snapshot = snapshot
+        self._noAuth = [
+            (network.network, tenant)
+            for tenant in snapshot.tenants.values()
+            if tenant.active
+            for network in tenant.networks
+            if network.noAuth
+        ]
         self.log.info(
             "tenant directory at generation {generation}: {count} tenants",
             generation=snapshot.generation,
@@ -76,3 +86,13 @@ class Directory:
 
     def login(self, username: str) -> Login | None:
         return self.snapshot.logins.get(username)
+
+    def tenantForAddress(self, address: str) -> Tenant | None:
+        """The active tenant whose C{--no-auth} network holds this client address."""
+        if not self._noAuth:
+            return None
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        return next((tenant for network, tenant in self._noAuth if ip in network), None)

@@ -65,8 +65,9 @@ class Transaction:
     @ivar sender: the reverse-path, or C{None} for the null sender C{<>}.
     @ivar parameters: the MAIL FROM ESMTP parameters, keys upper case.
     @ivar recipients: the recipients the upstream accepted so far, in order.
-    @ivar size: message bytes received so far (after the trace header).
+    @ivar size: message bytes received so far (the trace header not counted).
     @ivar notes: free space for plugins; by convention keyed by plugin name.
+    @ivar dataStarted: when the client sent DATA (reactor time), or C{None}.
     """
 
     queueId: str
@@ -75,4 +76,4 @@ class Transaction:
     recipients: list[Mailbox] = field(default_factory=list)
     size: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
+    dataStarted: float | None = None

@@ -80,6 +80,10 @@ class IUpstreamSession(IConsumer):
         """C{bool}: C{False} once the connection is known to be gone; the
         relay never reuses a session that is not alive."""
     )
+    tls = Attribute(
+        """Optional: the TLS version of the connection (C{"TLSv1.3"}) or
+        C{None}; counted in C{smtprelay_tls_sessions_total}."""
+    )
 
     def mailFrom(sender, parameters):
         """

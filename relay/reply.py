@@ -92,9 +92,9 @@ class Reply:
         """
         Encode for the wire, with CRLF after every line.
 
-        @param enhanced: include the enhanced status code.  RFC 2034 §3: every
-            2xx, 4xx and 5xx reply carries one once the client used EHLO,
-            except the greeting and the reply to EHLO or HELO itself.
+        @param enhanced: include the enhanced status code (3xx replies never
+            have one); the greeting and the answer to EHLO or HELO go
+            without (RFC 2034 §3).
         """
         prefix = f"{self.code:03d}"
         status = ""

@@ -14,11 +14,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from relay.auth.chain import FirstOf
 from relay.auth.tenants import TenantChecker
 from relay.directory import Directory
+from relay.metrics import Metrics
+from relay.policy import PolicyContext
 from relay.policy.chain import PolicyChain
-from relay.registry import upstreamTypes
+from relay.registry import Discovery, discover
+from relay.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
+from relay.server.guard import ConnectionGuard
 from relay.server.protocol import SMTPServerFactory
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
@@ -31,17 +36,44 @@ from relay.upstreams.pool import UpstreamPool
 __all__ = ["RelayService"]
 
 
-def _openStore(options) -> Store:
+def _openStore(options) -> tuple[Store, KeyRing]:
     """The tenant store, checked before anything starts (errors end twistd with a reason)."""
     try:
         engine = openEngine(options["database"])
         requireCurrentSchema(engine)
-        return Store(engine, KeyRing.fromFile(options["secret-key-file"]))
+        keyRing = KeyRing.fromFile(options["secret-key-file"])
+        return Store(engine, keyRing), keyRing
     except (StoreError, OSError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
     except Exception as e:  # a driver error: unreachable database, bad URL, ...
         shown = make_url(options["database"]).render_as_string(hide_password=True)
         raise usage.UsageError(f"cannot open the tenant store {shown}: {e}") from None
+
+
+def _policies(options, reactor, discovery: Discovery) -> list:
+    """The installed policies, minus those disabled, built in order."""
+    unknown = set(options["disable-policy"]) - {factory.name for factory in discovery.policies}
+    if unknown:
+        raise usage.UsageError(f"--disable-policy: no installed policy named {', '.join(sorted(unknown))}")
+    context = PolicyContext(reactor=reactor, options=options)
+    policies = []
+    for factory in discovery.policies:
+        if factory.name in options["disable-policy"]:
+            continue
+        try:
+            policies.append(factory.makePolicy(context))
+        except Exception as e:
+            raise usage.UsageError(f"policy {factory.name} cannot start: {type(e).__name__}: {e}") from None
+    return policies
+
+
+def _checker(options, directory, reactor, threadPool):
+    """The --auth checkers (the tenant store when none is given), asked in order."""
+    checkers = options.get("credCheckers") or [TenantChecker()]
+    for checker in checkers:
+        if isinstance(checker, TenantChecker):
+            checker.bind(directory, reactor, threadPool)
+    return checkers[0] if len(checkers) == 1 else FirstOf(checkers)
 
 
 class RelayService(MultiService):
@@ -58,14 +90,20 @@ class RelayService(MultiService):
         self._options = options
         self._reactor = reactor
         self._ports = []
-        store = _openStore(options)
+        discovery = discover()
+        for problem in discovery.problems:
+            self.log.error("plugin module failed to load: {problem}", problem=problem)
+        store, keyRing = _openStore(options)
         self.threadPool = ThreadPool(minthreads=1, maxthreads=options["store-threads"], name="smtprelay-store")
         self.directory = Directory(store, reactor, self.threadPool, options["refresh-interval"])
         self.directory.swap(store.loadSnapshot())
         try:
             tls = serverTLSOptions(options["tls-cert"], options["tls-key"]) if options["tls-cert"] else None
+            redact = AddressRedactor(options["log-addresses"], keyRing.hmacKey())
         except (OSError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+        self.metrics = Metrics()
+        reporter = Reporter(self.metrics, redact)
         upstreamContext = UpstreamContext(
             reactor=reactor,
             hostname=options["hostname"],
@@ -73,8 +111,9 @@ class RelayService(MultiService):
             timeout=options["upstream-timeout"],
         )
         self.upstreams = UpstreamPool(
-            upstreamTypes(),
+            {scheme: kind for kind in discovery.upstreamTypes for scheme in kind.schemes},
             upstreamContext,
+            reporter,
             idleTimeout=options["upstream-idle-timeout"],
             maxPerUpstream=options["upstream-max-connections"],
         )
@@ -82,13 +121,27 @@ class RelayService(MultiService):
             reactor=reactor,
             hostname=options["hostname"],
             directory=self.directory,
-            checker=TenantChecker(self.directory, reactor, self.threadPool),
-            policies=PolicyChain([], reactor, options["policy-timeout"]),
+            checker=_checker(options, self.directory, reactor, self.threadPool),
+            policies=PolicyChain(
+                _policies(options, reactor, discovery),
+                reactor,
+                options["policy-timeout"],
+                lambda name, client, verdict: reporter.refused(name, client, verdict.reply),
+            ),
             upstreams=self.upstreams,
+            reporter=reporter,
+            guard=ConnectionGuard(
+                reactor,
+                options["max-connections"],
+                options["max-connections-per-ip"],
+                options["max-auth-failures"],
+                options["auth-failure-window"],
+            ),
             tls=tls,
             allowInsecureAuth=options["allow-insecure-auth"],
             maxMessageSize=options["max-message-size"],
             idleTimeout=options["idle-timeout"],
+            maxErrors=options["max-errors"],
         )
 
     def _factories(self):

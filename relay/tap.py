@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from relay.store.database import DEFAULT_DATABASE
@@ -17,8 +20,9 @@ __all__ = ["Options", "makeService"]
 DEFAULT_LISTENER = "tcp:2525:interface=127.0.0.1"
 
 
-class Options(usage.Options):
+class Options(usage.Options, AuthOptionMixin):
     synopsis = "[options]"
+    supportedInterfaces = (IUsernamePassword,)
     longdesc = (
         "A multi-tenant SMTP relay: tenants authenticate with SMTP AUTH over TLS and each message "
         "streams straight into the tenant's own upstream, which answers before we do.  Listeners "
@@ -48,12 +52,20 @@ class Options(usage.Options):
         ["policy-timeout", None, 30.0, "Seconds a policy hook may take before the message is tempfailed.", float],
         ["refresh-interval", None, 2.0, "Seconds between checks of the store for changes.", float],
         ["store-threads", None, 4, "Threads for database and password-hashing work.", int],
+        ["rate-limit-store", None, None, "Share rate-limit budgets through Redis: redis://host:6379/0."],
+        ["max-connections", None, 1000, "Client connections open at once (then 421 4.7.0).", int],
+        ["max-connections-per-ip", None, 50, "Client connections open at once from one address.", int],
+        ["max-auth-failures", None, 5, "AUTH failures from one address before it is refused for a while.", int],
+        ["auth-failure-window", None, 900.0, "Seconds an AUTH failure counts against its address.", float],
+        ["max-errors", None, 20, "Refused or unknown commands in one session before 421 and close.", int],
+        ["log-addresses", None, "full", "Envelope addresses in logs: full, domain, hash (keyed HMAC) or none."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["smtp"] = []
         self["smtps"] = []
+        self["disable-policy"] = []
 
     def opt_smtp(self, endpoint: str) -> None:
         """Listen for SMTP on this endpoint, STARTTLS offered (repeatable)."""
@@ -62,6 +74,17 @@ class Options(usage.Options):
     def opt_smtps(self, endpoint: str) -> None:
         """Listen for SMTP over implicit TLS on this endpoint (repeatable)."""
         self["smtps"].append(endpoint)
+
+    def opt_disable_policy(self, name: str) -> None:
+        """Do not run this installed policy (repeatable; see --list-plugins)."""
+        self["disable-policy"].append(name)
+
+    def opt_list_plugins(self) -> None:
+        """Print every upstream type, policy and credential checker found, with its origin, and exit."""
+        from relay.registry import discover, listing
+
+        print(listing(discover()))
+        sys.exit(0)
 
     def postOptions(self) -> None:
         if not self["smtp"] and not self["smtps"]:
@@ -72,7 +95,16 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-key needs --tls-cert")
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
-        for name in ("max-message-size", "idle-timeout", "upstream-timeout", "store-threads"):
+        for name in (
+            "max-message-size",
+            "idle-timeout",
+            "upstream-timeout",
+            "store-threads",
+            "max-connections",
+            "max-connections-per-ip",
+            "max-auth-failures",
+            "max-errors",
+        ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
 

@@ -8,19 +8,28 @@ C{twisted.internet.testing.MemoryReactorClock} and C{StringTransport}.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from base64 import b64encode
+
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from relay.interfaces import IUpstreamSession, IUpstreamType
+from relay.metrics import Metrics
 from relay.policy.chain import PolicyChain
 from relay.reply import Reply
+from relay.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
+from relay.server.guard import ConnectionGuard
+from relay.server.protocol import SMTPServerFactory
 from relay.tenants import Login, Snapshot, Tenant, Upstream
 from relay.upstreams import UpstreamContext, UpstreamError
 from relay.upstreams.pool import UpstreamPool
@@ -31,7 +40,9 @@ __all__ = [
     "FakeDirectory",
     "FakeUpstreamSession",
     "FakeUpstreamType",
+    "ACME",
     "Delivered",
+    "MemoryClient",
     "fakeServerContext",
 ]
 
@@ -181,6 +192,12 @@ class FakeDirectory:
     def login(self, username: str) -> Login | None:
         return self.logins.get(username)
 
+    def tenantForAddress(self, address: str) -> Tenant | None:
+        ip = ipaddress.ip_address(address)
+        return next(
+            (t for t in self.tenants.values() for n in t.networks if n.noAuth and ip in n.network and t.active), None
+        )
+
 
 @implementer(ICredentialsChecker)
 class FakeChecker:
@@ -200,27 +217,101 @@ class FakeChecker:
         return succeed(account[1])
 
 
-def fakeServerContext(reactor, upstreamType: FakeUpstreamType | None = None, policies=(), **settings) -> ServerContext:
+ACME = Tenant(
+    "acme",
+    upstreams=(Upstream(UpstreamURL.parse("fake://primary"), 10), Upstream(UpstreamURL.parse("fake://backup"), 20)),
+    domains=frozenset({"example.com"}),
+)
+"""The tenant of L{fakeServerContext}."""
+
+
+def fakeServerContext(
+    reactor, upstreamType: FakeUpstreamType | None = None, policies=(), tenant: Tenant = ACME, **settings
+) -> ServerContext:
     """
-    A L{ServerContext} with one tenant C{acme} (login C{alice} / C{secret},
-    upstreams C{fake://primary} and C{fake://backup}) delivering to
-    C{upstreamType}.  C{settings} override L{ServerContext} fields.
+    A L{ServerContext} with one tenant (L{ACME} unless given: login C{alice}
+    / C{secret}, upstreams C{fake://primary} and C{fake://backup})
+    delivering to C{upstreamType}, with fresh metrics.  C{settings} override
+    L{ServerContext} fields.
     """
     kind = upstreamType or FakeUpstreamType()
-    tenant = Tenant(
-        "acme",
-        upstreams=(Upstream(UpstreamURL.parse("fake://primary"), 10), Upstream(UpstreamURL.parse("fake://backup"), 20)),
-        domains=frozenset({"example.com"}),
-    )
+    reporter = Reporter(Metrics(processMetrics=False), AddressRedactor("full"))
     context = UpstreamContext(reactor=reactor, hostname="relay.test", threadPool=None, timeout=30.0)
     fields = dict(
         reactor=reactor,
         hostname="relay.test",
-        directory=FakeDirectory({"acme": tenant}),
-        checker=FakeChecker({"alice": ("secret", "acme")}),
-        policies=PolicyChain(list(policies), reactor),
-        upstreams=UpstreamPool({"fake": kind}, context),
+        directory=FakeDirectory({tenant.name: tenant}),
+        checker=FakeChecker({"alice": ("secret", tenant.name)}),
+        policies=PolicyChain(
+            list(policies), reactor, onRefusal=lambda name, client, verdict: reporter.refused(name, client, verdict.reply)
+        ),
+        upstreams=UpstreamPool({"fake": kind}, context, reporter),
+        reporter=reporter,
+        guard=ConnectionGuard(reactor, 100, 10, 5, 900.0),
         allowInsecureAuth=True,
     )
     fields.update(settings)
     return ServerContext(**fields)
+
+
+class _TLSStringTransport(StringTransport):
+    """A StringTransport that records when TLS is started."""
+
+    tlsStarted = None
+
+    def startTLS(self, options):
+        self.tlsStarted = options
+
+
+class MemoryClient:
+    """
+    One client connection to a relay protocol, in memory: what it sends goes
+    to the protocol, what the relay answers comes back as lines.  Time is a
+    C{MemoryReactorClock} (C{client.reactor.advance(seconds)}).
+
+    @param upstream: the L{FakeUpstreamType} the tenant delivers to.
+    @param address: the client's IP address.
+    @param context: share this relay with other clients (C{client.context}).
+    @param settings: passed to L{fakeServerContext} (C{policies=[...]},
+        C{tenant=...}, L{ServerContext} fields).
+    """
+
+    def __init__(
+        self,
+        upstream: FakeUpstreamType | None = None,
+        address: str = "192.0.2.7",
+        context: ServerContext | None = None,
+        **settings,
+    ):
+        self.upstream = upstream or FakeUpstreamType()
+        self.context = context or fakeServerContext(MemoryReactorClock(), self.upstream, **settings)
+        self.reactor = self.context.reactor
+        self.protocol = SMTPServerFactory(self.context, implicitTLS=False).buildProtocol(None)
+        self.transport = _TLSStringTransport(peerAddress=IPv4Address("TCP", address, 40000))
+        self.protocol.makeConnection(self.transport)
+        self.greeting = self.read()
+
+    def read(self) -> list[str]:
+        """The reply lines written since the last read."""
+        lines = self.transport.value().decode().split("\r\n")[:-1]
+        self.transport.clear()
+        return lines
+
+    def send(self, data: bytes) -> list[str]:
+        """Send bytes; return the reply lines they produced at once."""
+        self.protocol.dataReceived(data)
+        return self.read()
+
+    def login(self, username: str = "alice", password: str = "secret") -> None:
+        """EHLO and AUTH PLAIN, which must succeed."""
+        credentials = b64encode(f"\0{username}\0{password}".encode())
+        lines = self.send(b"EHLO client.test\r\nAUTH PLAIN " + credentials + b"\r\n")
+        assert lines[-1].startswith("235 2.7.0"), lines
+
+    def relay(self, sender: str, recipients: list[str], message: bytes) -> list[str]:
+        """One transaction after login: the replies to MAIL, each RCPT, DATA and the final dot."""
+        commands = f"MAIL FROM:<{sender}>\r\n" + "".join(f"RCPT TO:<{r}>\r\n" for r in recipients) + "DATA\r\n"
+        lines = self.send(commands.encode())
+        if lines[-1].startswith("354"):
+            lines += self.send(message + b".\r\n")
+        return lines

@@ -16,8 +16,9 @@ import pytest
 from tests.support.relay import upstreamURL
 from tests.support.upstream import UpstreamServer, closedPort
 
+FROM = b"From: Sender <a@example.com>\r\n"
 MESSAGE = (
-    b"From: Sender <a@example.com>\r\n"
+    FROM + b""
     b"To: b@example.net\r\n"
     b"Subject: end to end\r\n"
     b"\r\n"
@@ -214,9 +215,9 @@ def test_tenants_are_isolated(relay, upstreamCert, tenantName):
         two = relay.addTenant(tenantName + "b", upstreamURL(second, ca=ca(relay)))
         for account, subject in ((one, b"one"), (two, b"two"), (one, b"one")):
             with relay.connect(account) as client:
-                client.sendmail("a@example.com", ["b@example.net"], b"Subject: " + subject + b"\r\n\r\nx\r\n")
-        assert [received(m.data)[1] for m in first.waitForMessages(2)] == [b"Subject: one\r\n\r\nx\r\n"] * 2
-        assert [received(m.data)[1] for m in second.waitForMessages(1)] == [b"Subject: two\r\n\r\nx\r\n"]
+                client.sendmail("a@example.com", ["b@example.net"], FROM + b"Subject: " + subject + b"\r\n\r\nx\r\n")
+        assert [received(m.data)[1] for m in first.waitForMessages(2)] == [FROM + b"Subject: one\r\n\r\nx\r\n"] * 2
+        assert [received(m.data)[1] for m in second.waitForMessages(1)] == [FROM + b"Subject: two\r\n\r\nx\r\n"]
 
 
 def test_upstream_auth_over_starttls(relay, upstreamCert, tenantName):

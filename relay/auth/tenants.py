@@ -1,24 +1,40 @@
 """
 The default credential checker: logins and password hashes from the tenant
-store, verified on a thread pool.
+store, verified on the store's thread pool, never on the reactor thread.
+Select it explicitly with C{--auth tenants}.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.strcred import ICheckerFactory
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
+from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from relay.passwords import hashPassword, verifyPassword
 
-__all__ = ["TenantChecker"]
+__all__ = ["TenantChecker", "TenantCheckerFactory"]
 
-# Verified when the user name is unknown, so that a wrong user name costs as
-# much time as a wrong password and does not reveal which logins exist.
-_DECOY = hashPassword("decoy password, never matches")
+
+
+@cache
+def _decoy() -> str:
+    """
+    A hash verified when the user name is unknown, so that a wrong user name
+    costs as much time as a wrong password and does not reveal which logins
+    exist.  Made on first use (on the thread pool), not at import.
+    """
+    return hashPassword("decoy password, never matches")
+
+
+def _verify(password: str, encoded: str | None) -> bool:
+    return verifyPassword(password, encoded if encoded is not None else _decoy())
 
 
 def _text(value: str | bytes) -> str:
@@ -28,13 +44,15 @@ def _text(value: str | bytes) -> str:
 @implementer(ICredentialsChecker)
 class TenantChecker:
     """
-    Checks SMTP AUTH user names and passwords against the logins in the
-    directory's snapshot; fires with the tenant's name.
+    Checks SMTP AUTH user names and passwords against the logins of the
+    relay's tenant directory; fires with the login's tenant name.  The relay
+    calls L{bind} before the first check.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, directory, reactor, threadPool):
+    def bind(self, directory, reactor, threadPool) -> None:
+        """Use this directory, and this thread pool for hashing."""
         self._directory = directory
         self._reactor = reactor
         self._pool = threadPool
@@ -52,5 +70,21 @@ class TenantChecker:
                 raise UnauthorizedLogin()
             return login.tenant
 
-        encoded = _DECOY if login is None else login.passwordHash
-        return deferToThreadPool(self._reactor, self._pool, verifyPassword, password, encoded).addCallback(checked)
+        encoded = None if login is None else login.passwordHash
+        return deferToThreadPool(self._reactor, self._pool, _verify, password, encoded).addCallback(checked)
+
+
+@implementer(ICheckerFactory, IPlugin)
+class TenantCheckerFactory:
+    """C{--auth tenants}: the logins of the tenant store (the default)."""
+
+    authType = "tenants"
+    authHelp = """Logins and password hashes from the tenant store (--database); the default.
+
+    Takes no argument: --auth tenants
+    """
+    argStringFormat = "No argstring required."
+    credentialInterfaces = TenantChecker.credentialInterfaces
+
+    def generateChecker(self, argstring: str = "") -> TenantChecker:
+        return TenantChecker()

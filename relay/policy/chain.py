@@ -4,7 +4,7 @@ Running the policies in order, containing their failures.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -26,14 +26,24 @@ class PolicyChain:
     A policy that raises, fails, answers something that is not a
     L{Verdict} or takes longer than the hook timeout tempfails the
     transaction and is logged; it never breaks the session or the process.
+
+    @param onRefusal: called with the policy's name, the client and the
+        verdict whenever a policy refuses (for metrics and logs).
     """
 
     log = Logger()
 
-    def __init__(self, policies: Sequence[IPolicy], clock: IReactorTime, timeout: float = 30.0):
+    def __init__(
+        self,
+        policies: Sequence[IPolicy],
+        clock: IReactorTime,
+        timeout: float = 30.0,
+        onRefusal: Callable[[str, object, Verdict], None] = lambda name, client, verdict: None,
+    ):
         self._policies = tuple(policies)
         self._clock = clock
         self._timeout = timeout
+        self._onRefusal = onRefusal
 
     @property
     def names(self) -> list[str]:
@@ -55,7 +65,7 @@ class PolicyChain:
             try:
                 result = getattr(policy, hook)(*args)
             except Exception:
-                return self._broken(Failure(), policy, hook)
+                return self._decided(self._broken(Failure(), policy, hook), policy, args)
             if isinstance(result, Deferred):
                 result.addTimeout(self._timeout, self._clock)
                 result.addCallbacks(
@@ -64,16 +74,21 @@ class PolicyChain:
                     callbackArgs=(policy, hook),
                     errbackArgs=(policy, hook),
                 )
-                return result.addCallback(self._continue, policies, hook, args)
+                return result.addCallback(self._continue, policy, policies, hook, args)
             verdict = self._checked(result, policy, hook)
             if verdict.decision is not Decision.CONTINUE:
-                return verdict
+                return self._decided(verdict, policy, args)
         return CONTINUE
 
-    def _continue(self, verdict: Verdict, policies, hook, args) -> Verdict | Deferred[Verdict]:
+    def _continue(self, verdict: Verdict, policy, policies, hook, args) -> Verdict | Deferred[Verdict]:
         if verdict.decision is not Decision.CONTINUE:
-            return verdict
+            return self._decided(verdict, policy, args)
         return self._resume(policies, hook, args)
+
+    def _decided(self, verdict: Verdict, policy: IPolicy, args: tuple) -> Verdict:
+        if verdict.refuses:
+            self._onRefusal(policy.name, args[0], verdict)
+        return verdict
 
     def _checked(self, result: object, policy: IPolicy, hook: str) -> Verdict:
         if isinstance(result, Verdict):

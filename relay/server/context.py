@@ -10,6 +10,8 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 
 from relay.policy.chain import PolicyChain
+from relay.report import Reporter
+from relay.server.guard import ConnectionGuard
 from relay.upstreams.pool import UpstreamPool
 
 __all__ = ["ServerContext"]
@@ -27,8 +29,11 @@ class ServerContext:
     @ivar tls: server TLS options for STARTTLS, or C{None} when the relay
         has no certificate.
     @ivar allowInsecureAuth: offer AUTH without TLS (loopback tests only).
-    @ivar maxMessageSize: the SIZE limit, in octets.
+    @ivar reporter: metrics and log lines.
+    @ivar guard: connection caps and AUTH failure penalties.
+    @ivar maxMessageSize: the SIZE limit, in octets (a tenant may have less).
     @ivar idleTimeout: seconds a client may stay silent (RFC 5321 §4.5.3.2).
+    @ivar maxErrors: refused or unknown commands before 421 and close.
     """
 
     reactor: Any
@@ -37,7 +42,10 @@ class ServerContext:
     checker: ICredentialsChecker
     policies: PolicyChain
     upstreams: UpstreamPool
+    reporter: Reporter
+    guard: ConnectionGuard
     tls: Any = None
     allowInsecureAuth: bool = False
     maxMessageSize: int = 50 * 1024 * 1024
     idleTimeout: float = 300.0
+    maxErrors: int = 20

@@ -44,7 +44,11 @@ RUNAWAY_LINE = Reply.of(421, "4.5.2", "Error: line too long, closing connection"
 EARLY_DATA = Reply.of(554, "5.5.0", "Error: message sent before our 354 reply (improper pipelining), closing")
 IDLE = Reply.of(421, "4.4.2", "Error: timeout exceeded, closing connection")
 INTERNAL = Reply.of(421, "4.3.0", "Error: internal error, closing connection")
-_NO_ENHANCED_CODE = ("CONNECT", "EHLO", "HELO")  # RFC 2034 §3
+TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Error: too many errors, closing connection")
+# Every reply carries an enhanced status code (RFC 3463), whether or not the
+# client said EHLO (as Postfix does), except a successful greeting and the
+# answer to EHLO or HELO (RFC 2034 §3).
+_NO_ENHANCED_CODE = ("EHLO", "HELO")
 
 
 class Mode(enum.Enum):
@@ -72,19 +76,29 @@ class SMTPServerProtocol(Protocol):
         self._scanner: DataScanner | None = None
         self._lastActivity = 0.0
         self._timer = None
+        self._errors = 0
+        self._admitted = False
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client = ClientInfo(newQueueId(), getattr(peer, "host", "local"), getattr(peer, "port", 0))
         self._throttle = Throttle(self.transport)
         self.session = RelaySession(self._ctx, self.client, self._throttle, secure=self._implicitTLS)
-        self._lastActivity = self._clock.seconds()
+        self._connected = self._lastActivity = self._clock.seconds()
+        self._ctx.reporter.connectionOpened()
+        refusal = self._ctx.guard.admit(self.client.address)
+        if refusal is not None:
+            self._ctx.reporter.refused("connections", self.client, refusal)
+            self._answer(refusal, "CONNECT")
+            return
+        self._admitted = True
         self._timer = self._clock.callLater(self._ctx.idleTimeout, self._idleCheck)
         self._step("CONNECT", self.session.greeting())
         self._flush()
 
     def handshakeCompleted(self) -> None:
         self.client.tls = self.transport.getHandle().get_protocol_version_name()
+        self._ctx.reporter.tls("inbound", self.client.tls)
 
     def dataReceived(self, data: bytes) -> None:
         if self._mode is Mode.CLOSED:
@@ -174,15 +188,23 @@ class SMTPServerProtocol(Protocol):
             # RFC 2920 §3.1: the message may only follow our 354.
             self.session.abortTransaction()
             reply = EARLY_DATA
-        self._output.append(reply.toBytes(self.client.esmtp and verb not in _NO_ENHANCED_CODE))
+        greeting = verb == "CONNECT" and reply.code == 220
+        self._output.append(reply.toBytes(verb not in _NO_ENHANCED_CODE and not greeting))
         code = reply.code
+        if code >= 500 and verb != "EOD":
+            self._errors += 1
+            if self._errors >= self._ctx.maxErrors:
+                self._ctx.reporter.refused("errors", self.client, TOO_MANY_ERRORS)
+                reply = TOO_MANY_ERRORS
+                self._output.append(reply.toBytes())
+                code = reply.code
         if code == 421 or reply is EARLY_DATA or (verb == "QUIT" and code == 221) or (verb == "CONNECT" and code != 220):
             self._close()
         elif verb == "STARTTLS" and code == 220:
             self._startTLS()
         elif verb == "DATA" and code == 354:
             self._mode = Mode.DATA
-            self._scanner = DataScanner(self._ctx.maxMessageSize)
+            self._scanner = DataScanner(self.session.maxMessageSize)
         elif code == 334:
             self._mode = Mode.AUTH
         elif self._mode is Mode.AUTH:
@@ -218,6 +240,10 @@ class SMTPServerProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.session.connectionLost()
+        if self._admitted:
+            self._ctx.guard.leave(self.client.address)
+        seconds = self._clock.seconds() - self._connected
+        self._ctx.reporter.connectionClosed(self.client, seconds, self.session.transactions)
 
 
 class SMTPServerFactory(Factory):

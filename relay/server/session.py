@@ -14,6 +14,7 @@ import re
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse
 
@@ -25,6 +26,7 @@ from relay.reply import Reply
 from relay.server.context import ServerContext
 from relay.server.dataframe import DataError
 from relay.server.message import UPSTREAM_LOST, MessageStream
+from relay.server.guard import AUTH_LOCKED
 from relay.server.received import traceHeader
 from relay.server.sasl import MECHANISMS, decodeResponse, encodeChallenge
 from relay.server.throttle import Throttle
@@ -61,11 +63,14 @@ GO_AHEAD = Reply.of(354, None, "End data with <CR><LF>.<CR><LF>")
 VRFY = Reply.of(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 EXPN = Reply.of(502, "5.5.1", "Error: EXPN not supported")
 HELP = Reply.of(214, "2.0.0", "See RFC 5321")
+TOO_BIG = Reply.of(552, "5.3.4", "Message size exceeds fixed limit")
+CLIENT_GONE = Reply.of(421, "4.4.2", "Client disconnected")
+# What a framing error found in DATA is answered, and the rule it counts under.
 DATA_ERRORS = {
-    DataError.BARE_LINE_END: Reply.of(550, "5.6.0", "Message refused: bare CR or LF (RFC 5321 §2.3.8)"),
-    DataError.NUL: Reply.of(550, "5.6.0", "Message refused: NUL character"),
-    DataError.LINE_TOO_LONG: Reply.of(550, "5.6.0", "Message refused: line longer than 1000 octets"),
-    DataError.TOO_BIG: Reply.of(552, "5.3.4", "Message size exceeds fixed limit"),
+    DataError.BARE_LINE_END: (Reply.of(550, "5.6.0", "Message refused: bare CR or LF (RFC 5321 §2.3.8)"), "framing"),
+    DataError.NUL: (Reply.of(550, "5.6.0", "Message refused: NUL character"), "framing"),
+    DataError.LINE_TOO_LONG: (Reply.of(550, "5.6.0", "Message refused: line longer than 1000 octets"), "framing"),
+    DataError.TOO_BIG: (TOO_BIG, "size"),
 }
 NO_REPLY = Reply.of(451, "4.3.0", "Upstream gave no final reply; not delivered, try again")
 
@@ -109,7 +114,9 @@ class RelaySession:
         self._secure = secure
         self._greeted = False
         self._closed = False
-        self._sasl = None
+        self._sasl = None  # (mechanism, IChallengeResponse) during AUTH
+        self._networkTenant = None  # the tenant of a --no-auth network the client is in
+        self.transactions = 0
         self._transaction: Transaction | None = None
         self._upstream: IUpstreamSession | None = None
         self._stream: MessageStream | None = None
@@ -117,7 +124,12 @@ class RelaySession:
     # -- connection ---------------------------------------------------------
 
     def greeting(self) -> Reply | Deferred[Reply]:
-        """The greeting, after the connect policies (anything but 220 closes)."""
+        """
+        The greeting, after the connect policies (anything but 220 closes).
+        A client in a tenant's C{--no-auth} network acts as that tenant from
+        here on, without AUTH.
+        """
+        self._networkTenant = self.client.tenant = self._ctx.directory.tenantForAddress(self.client.address)
         ready = Reply.of(220, None, f"{self._ctx.hostname} ESMTP smtprelay")
         return then(self._ctx.policies.check("connect", self.client), lambda v: v.reply if v.refuses else ready)
 
@@ -127,13 +139,25 @@ class RelaySession:
         self._greeted = False
         self.client.helo = None
         self.client.esmtp = False
-        self.client.tenant = None
+        self.client.tenant = self._networkTenant
         self.client.username = None
+
+    @property
+    def maxMessageSize(self) -> int:
+        """The SIZE limit for this client: the relay's, or its tenant's if lower."""
+        tenant = self.client.tenant
+        if tenant is not None and tenant.maxSize:
+            return min(tenant.maxSize, self._ctx.maxMessageSize)
+        return self._ctx.maxMessageSize
 
     def connectionLost(self) -> None:
         """The client went away: abort any transaction in flight."""
         self._closed = True
-        self._endTransaction(Release.BROKEN if self._stream is not None else Release.DIRTY)
+        if self._stream is not None:
+            self._report(self._transaction, CLIENT_GONE, aborted=True)
+            self._endTransaction(Release.BROKEN)
+        else:
+            self._endTransaction(Release.DIRTY)
         self._ctx.policies.notify("disconnect", self.client)
 
     # -- commands -----------------------------------------------------------
@@ -147,7 +171,7 @@ class RelaySession:
         if not arg:
             return _syntax("EHLO hostname")
         self._hello(arg, esmtp=True)
-        keywords = ["PIPELINING", f"SIZE {self._ctx.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        keywords = ["PIPELINING", f"SIZE {self.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES"]
         if self._ctx.tls is not None and not self._secure:
             keywords.append("STARTTLS")
         if self._secure or self._ctx.allowInsecureAuth:
@@ -192,44 +216,58 @@ class RelaySession:
         factory = MECHANISMS.get(mechanism.upper())
         if factory is None:
             return AUTH_MECHANISM
-        self._sasl = factory()
-        challenge = self._sasl.getChallenge()
+        self._sasl = (mechanism.upper(), factory())
+        challenge = self._sasl[1].getChallenge()
         if initial:
             return self.authResponse(initial.strip().encode("ascii"))
         return Reply.of(334, None, encodeChallenge(challenge))
 
     def authResponse(self, line: bytes) -> Reply | Deferred[Reply]:
         """A line answering our 334 challenge."""
+        mechanism, challenger = self._sasl
         if line == b"*":
             self._sasl = None
             return AUTH_CANCELLED
         try:
-            self._sasl.setResponse(decodeResponse(line))
+            challenger.setResponse(decodeResponse(line))
         except (ValueError, IllegalClientResponse):
             self._sasl = None
             return AUTH_MALFORMED
-        if self._sasl.moreChallenges():
-            return Reply.of(334, None, encodeChallenge(self._sasl.getChallenge()))
-        credentials, self._sasl = self._sasl, None
-        return Deferred.fromCoroutine(self._authenticate(credentials))
+        if challenger.moreChallenges():
+            return Reply.of(334, None, encodeChallenge(challenger.getChallenge()))
+        self._sasl = None
+        return Deferred.fromCoroutine(self._authenticate(mechanism, challenger))
 
-    async def _authenticate(self, credentials: IUsernamePassword) -> Reply:
+    def _tenantFor(self, avatarId: str | bytes):
+        """
+        The tenant a checker's avatar ID stands for: a tenant name, or a
+        login of the store (so that stock twisted.cred checkers work).
+        """
+        name = avatarId.decode("utf-8", "replace") if isinstance(avatarId, bytes) else avatarId
+        directory = self._ctx.directory
+        login = directory.login(name)
+        return directory.tenant(name) or (directory.tenant(login.tenant) if login else None)
+
+    async def _authenticate(self, mechanism: str, credentials: IUsernamePassword) -> Reply:
         username = credentials.username.decode("utf-8", "replace")
         try:
-            tenantName = await self._ctx.checker.requestAvatarId(credentials)
+            avatarId = await self._ctx.checker.requestAvatarId(credentials)
         except UnauthorizedLogin:
-            return self._authFailed(username, "bad credentials")
+            return await self._authFailed(mechanism, username, "bad credentials")
         except Exception:
             self.log.failure("credential check failed for {username}", username=username)
             return AUTH_TEMPORARY
-        tenant = self._ctx.directory.tenant(tenantName)
+        tenant = self._tenantFor(avatarId)
         if tenant is None or not tenant.active:
-            return self._authFailed(username, "tenant missing or suspended")
+            return await self._authFailed(mechanism, username, "tenant missing or suspended")
         self.client.tenant, self.client.username = tenant, username
         verdict = await settle(self._ctx.policies.check("auth", self.client, username))
         if verdict.refuses:
-            self.client.tenant = self.client.username = None
-            return self._authFailed(username, "refused by policy") if verdict.reply.code == 535 else verdict.reply
+            self.client.tenant, self.client.username = self._networkTenant, None
+            if verdict.reply.code == 535:
+                return await self._authFailed(mechanism, username, "refused by policy")
+            return verdict.reply
+        self._ctx.reporter.auth(mechanism, True)
         self.log.info(
             "{session} authenticated {username} as tenant {tenant}",
             session=self.client.sessionId,
@@ -238,7 +276,13 @@ class RelaySession:
         )
         return AUTH_OK
 
-    def _authFailed(self, username: str, why: str) -> Reply:
+    async def _authFailed(self, mechanism: str, username: str, why: str) -> Reply:
+        """
+        Count and log the failure; answer after a delay that grows with the
+        address's recent failures, or lock the address out (421) when it has
+        used them up.
+        """
+        self._ctx.reporter.auth(mechanism, False)
         # One stable line per failure, with the client address (fail2ban).
         self.log.warn(
             "smtprelay auth failed: client={ip} user={username} reason={why}",
@@ -246,6 +290,11 @@ class RelaySession:
             username=username,
             why=why,
         )
+        delay = self._ctx.guard.authFailed(self.client.address)
+        if delay is None:
+            self._ctx.reporter.refused("auth-failures", self.client, AUTH_LOCKED)
+            return AUTH_LOCKED
+        await deferLater(self._ctx.reactor, delay)
         return AUTH_FAILED
 
     def do_MAIL(self, arg: str) -> Reply | Deferred[Reply]:
@@ -270,6 +319,7 @@ class RelaySession:
         if problem is not None:
             return problem
         self._transaction = Transaction(newQueueId(), sender, parameters)
+        self.transactions += 1
         return Deferred.fromCoroutine(self._mail(self._transaction))
 
     def _checkMailParameters(self, parameters: dict[str, str | None]) -> Reply | None:
@@ -277,8 +327,9 @@ class RelaySession:
             if key == "SIZE":
                 if value is None or not value.isdigit():
                     return Reply.of(501, "5.5.4", "Syntax error in SIZE parameter")
-                if int(value) > self._ctx.maxMessageSize:
-                    return Reply.of(552, "5.3.4", "Message size exceeds fixed limit")
+                if int(value) > self.maxMessageSize:
+                    self._ctx.reporter.refused("size", self.client, TOO_BIG)
+                    return TOO_BIG
             elif key == "BODY":
                 if (value or "").upper() not in _BODY_TYPES:
                     return Reply.of(501, "5.5.4", "Unsupported BODY type")
@@ -289,8 +340,7 @@ class RelaySession:
     async def _mail(self, transaction: Transaction) -> Reply:
         verdict = await settle(self._ctx.policies.check("mailFrom", self.client, transaction))
         if verdict.refuses:
-            self._endTransaction(Release.CLEAN)
-            return verdict.reply
+            return self._finishTransaction(transaction, verdict.reply)
         sender = "" if transaction.sender is None else str(transaction.sender)
         try:
             upstream, reply = await self._ctx.upstreams.begin(self.client.tenant, sender, transaction.parameters)
@@ -301,15 +351,29 @@ class RelaySession:
                 tenant=self.client.tenant.name,
                 error=e,
             )
-            self._endTransaction(Release.CLEAN)
-            return NO_UPSTREAM
+            return self._finishTransaction(transaction, NO_UPSTREAM)
         if self._transaction is not transaction:  # the client left meanwhile
             self._ctx.upstreams.release(upstream, Release.DIRTY)
             return reply
         self._upstream = upstream
         if not reply.positive:
-            self._endTransaction(Release.DIRTY)
+            return self._finishTransaction(transaction, reply, Release.DIRTY)
         return reply
+
+    def _finishTransaction(self, transaction: Transaction, reply: Reply, state: Release = Release.CLEAN) -> Reply:
+        """
+        The transaction ends with this reply: report it, release the
+        upstream.  Nothing to do if it already ended (the client left).
+        """
+        if self._transaction is transaction:
+            self._report(transaction, reply)
+            self._endTransaction(state)
+        return reply
+
+    def _upstreamBroke(self, transaction: Transaction, upstream: IUpstreamSession, error: UpstreamError) -> Reply:
+        """The upstream failed mid-transaction: 451 4.4.2, the transaction ends."""
+        self._ctx.reporter.upstreamError(upstream.upstreamType, error.kind)
+        return self._finishTransaction(transaction, UPSTREAM_LOST, Release.BROKEN)
 
     def do_RCPT(self, arg: str) -> Reply | Deferred[Reply]:
         if self._transaction is None:
@@ -328,14 +392,19 @@ class RelaySession:
     async def _rcpt(self, transaction: Transaction, upstream: IUpstreamSession, recipient) -> Reply:
         verdict = await settle(self._ctx.policies.check("rcptTo", self.client, transaction, recipient))
         if verdict.refuses:
-            return verdict.reply
+            return self._recipientRefused(verdict.reply)
         try:
             reply = await upstream.rcptTo(str(recipient), {})
-        except UpstreamError:
-            self._endTransaction(Release.BROKEN)
-            return UPSTREAM_LOST
+        except UpstreamError as e:
+            return self._upstreamBroke(transaction, upstream, e)
         if reply.positive:
             transaction.recipients.append(recipient)
+            return reply
+        return self._recipientRefused(reply)
+
+    def _recipientRefused(self, reply: Reply) -> Reply:
+        tenant = self.client.tenant.name
+        self._ctx.reporter.metrics.recipients.labels(tenant, "tempfailed" if reply.transient else "rejected").inc()
         return reply
 
     def do_DATA(self, arg: str) -> Reply | Deferred[Reply]:
@@ -348,14 +417,13 @@ class RelaySession:
         return Deferred.fromCoroutine(self._data(self._transaction, self._upstream))
 
     async def _data(self, transaction: Transaction, upstream: IUpstreamSession) -> Reply:
+        transaction.dataStarted = self._ctx.reactor.seconds()
         try:
             reply = await upstream.data()
-        except UpstreamError:
-            self._endTransaction(Release.BROKEN)
-            return UPSTREAM_LOST
+        except UpstreamError as e:
+            return self._upstreamBroke(transaction, upstream, e)
         if reply.code != 354:
-            self._endTransaction(Release.DIRTY)
-            return reply
+            return self._finishTransaction(transaction, reply, Release.DIRTY)
         if not self._closed:
             trace = traceHeader(self.client, transaction, self._ctx.hostname)
             self._stream = MessageStream(self.client, transaction, upstream, self._ctx.policies, trace, self._throttle)
@@ -371,33 +439,28 @@ class RelaySession:
 
     async def _endOfData(self, transaction, upstream, stream: MessageStream, error: DataError | None) -> Reply:
         await stream.finish()
-        refusal = DATA_ERRORS[error] if error is not None else stream.refusal
+        refusal = stream.refusal
+        if error is not None:
+            refusal, rule = DATA_ERRORS[error]
+            self._ctx.reporter.refused(rule, self.client, refusal)
         if refusal is None:
             verdict = await settle(self._ctx.policies.check("endOfData", self.client, transaction))
             refusal = verdict.reply if verdict.refuses else None
         if refusal is not None:
-            self._endTransaction(Release.BROKEN)
-            return self._logged(transaction, refusal.withText(f"{refusal.text} (queue id {transaction.queueId})"))
+            return self._finishTransaction(transaction, finalReply([refusal], transaction.queueId), Release.BROKEN)
         stream.stop()
         try:
             replies = await upstream.end()
-        except UpstreamError:
-            self._endTransaction(Release.BROKEN)
-            return self._logged(transaction, finalReply([UPSTREAM_LOST], transaction.queueId))
-        self._endTransaction(Release.CLEAN)
-        return self._logged(transaction, finalReply(replies, transaction.queueId))
+        except UpstreamError as e:
+            reply = self._upstreamBroke(transaction, upstream, e)
+            return finalReply([reply], transaction.queueId)
+        return self._finishTransaction(transaction, finalReply(replies, transaction.queueId))
 
-    def _logged(self, transaction: Transaction, reply: Reply) -> Reply:
-        self.log.info(
-            "{queueId} tenant={tenant} client={ip} recipients={count} size={size} reply={code}",
-            queueId=transaction.queueId,
-            tenant=self.client.tenant.name if self.client.tenant else None,
-            ip=self.client.address,
-            count=len(transaction.recipients),
-            size=transaction.size,
-            code=reply.code,
-        )
-        return reply
+    def _report(self, transaction: Transaction, reply: Reply, aborted: bool = False) -> None:
+        started = transaction.dataStarted
+        seconds = 0.0 if started is None else self._ctx.reactor.seconds() - started
+        peer = self._upstream.peer if self._upstream is not None else None
+        self._ctx.reporter.transaction(self.client, transaction, reply, peer, seconds, aborted)
 
     def abortTransaction(self) -> None:
         """Drop the transaction (the client broke the protocol)."""

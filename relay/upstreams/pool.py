@@ -46,6 +46,9 @@ class UpstreamPool:
     @param maxPerUpstream: sessions open at once to one upstream URL; beyond
         it a transaction waits for a session to come back, for at most the
         context's timeout.
+    @param reporter: told of every session opened (C{upstreamOpened(type,
+        seconds, tlsVersion)}) and every failure to open one
+        (C{upstreamError(type, kind)}); a L{relay.report.Reporter}.
     """
 
     log = Logger()
@@ -54,12 +57,14 @@ class UpstreamPool:
         self,
         types: Mapping[str, IUpstreamType],
         context: UpstreamContext,
+        reporter,
         idleTimeout: float = 30.0,
         maxPerUpstream: int = 50,
         chance: random.Random | None = None,
     ):
         self._types = types
         self._context = context
+        self._reporter = reporter
         self._idleTimeout = idleTimeout
         self._max = maxPerUpstream
         self._random = chance or random.Random()
@@ -131,13 +136,17 @@ class UpstreamPool:
         if kind is None:
             return fail(UpstreamError("connect", f"no upstream type installed for {url.scheme}://"))
         self._open[url] += 1
+        started = self._context.reactor.seconds()
 
         def opened(session: IUpstreamSession) -> tuple[IUpstreamSession, bool]:
             self._keys[session] = url
+            elapsed = self._context.reactor.seconds() - started
+            self._reporter.upstreamOpened(kind.name, elapsed, getattr(session, "tls", None))
             return session, False
 
         def failed(failure):
             self._closed(url)
+            self._reporter.upstreamError(kind.name, getattr(failure.value, "kind", "connect"))
             return failure
 
         return kind.open(url, self._context).addCallbacks(opened, failed)

@@ -1,0 +1,153 @@
+"""
+Rate limits per tenant: messages and recipients per period (fixed windows,
+e.g. C{100/1m}) and transactions in flight at once.  Refusals are
+temporary (C{450 4.7.1}), so the client keeps the message and retries:
+nothing is lost.
+
+The counters live in a L{Budget}: in this process by default, or in Redis
+(C{--rate-limit-store redis://host:6379/0}) so that every relay process and
+instance shares one budget.  When Redis cannot be reached the policy fails
+like any broken policy: the transaction is tempfailed (as Postfix does for
+an unreachable policy service), never waved through.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from relay.maybe import then
+from relay.plugin import CONTINUE, Policy, tempfail
+from relay.tenants import Rate
+
+__all__ = ["MemoryBudget", "RateLimitPolicy", "RedisBudget"]
+
+RATE_EXCEEDED = tempfail(450, "4.7.1", "Rate limit exceeded for this tenant, try again later")
+RECIPIENT_RATE_EXCEEDED = tempfail(450, "4.7.1", "Recipient rate limit exceeded for this tenant, try again later")
+TOO_MANY_AT_ONCE = tempfail(450, "4.7.1", "Too many messages in flight for this tenant, try again later")
+LEASE = 900  # seconds a concurrency slot outlives a relay that died holding it
+
+
+class MemoryBudget:
+    """Counters in this process; C{clock} is an C{IReactorTime}."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._windows: dict[str, tuple[int, int]] = {}
+        self._slots: dict[str, int] = {}
+
+    def spend(self, key: str, rate: Rate) -> bool:
+        """Count one against C{rate}; C{False} (and nothing counted) when it is used up."""
+        window = int(self._clock.seconds() // rate.seconds)
+        current, used = self._windows.get(key, (window, 0))
+        if current != window:
+            used = 0
+        if used >= rate.count:
+            return False
+        self._windows[key] = (window, used + 1)
+        return True
+
+    def acquire(self, key: str, cap: int, token: str) -> bool:
+        """Take one of C{cap} slots; C{False} when all are taken."""
+        if self._slots.get(key, 0) >= cap:
+            return False
+        self._slots[key] = self._slots.get(key, 0) + 1
+        return True
+
+    def release(self, key: str, token: str) -> None:
+        self._slots[key] -= 1
+
+
+_SPEND = """
+local used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if used > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+return 1
+"""
+_ACQUIRE = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class RedisBudget:
+    """
+    Counters in Redis, shared by every relay using the same server, with
+    redis-py (thread-safe) on a small thread pool of its own.  Windows are
+    aligned to the Redis server's clock, so instances need not agree on time.
+    """
+
+    def __init__(self, url: str, reactor):
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._spend = self._redis.register_script(_SPEND)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=4, name="smtprelay-redis")
+        self._pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+
+    def _call(self, f, *args) -> Deferred:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def spend(self, key: str, rate: Rate) -> Deferred[bool]:
+        def spend() -> bool:
+            window = int(self._redis.time()[0]) // rate.seconds
+            return bool(self._spend(keys=[f"smtprelay:rate:{key}:{rate.seconds}:{window}"], args=[rate.count, rate.seconds]))
+
+        return self._call(spend)
+
+    def acquire(self, key: str, cap: int, token: str) -> Deferred[bool]:
+        return self._call(lambda: bool(self._acquire(keys=[f"smtprelay:slots:{key}"], args=[cap, LEASE, token])))
+
+    def release(self, key: str, token: str) -> None:
+        self._call(self._redis.zrem, f"smtprelay:slots:{key}", token)
+
+
+class RateLimitPolicy(Policy):
+    """Messages per period and in flight at MAIL, recipients per period at RCPT."""
+
+    name = "rate-limit"
+
+    def __init__(self, context):
+        store = context.options.get("rate-limit-store")
+        self._budget = RedisBudget(store, context.reactor) if store else MemoryBudget(context.reactor)
+
+    def mailFrom(self, client, transaction):
+        tenant = client.tenant
+        if tenant.maxConcurrency is None:
+            return self._spendMessage(tenant)
+        token = uuid.uuid4().hex
+
+        def slotted(ok: bool):
+            if not ok:
+                return TOO_MANY_AT_ONCE
+            transaction.notes[self.name] = (tenant.name, token)
+            return self._spendMessage(tenant)
+
+        return then(self._budget.acquire(tenant.name, tenant.maxConcurrency, token), slotted)
+
+    def _spendMessage(self, tenant):
+        if tenant.rate is None:
+            return CONTINUE
+        return then(self._budget.spend(f"messages:{tenant.name}", tenant.rate), lambda ok: CONTINUE if ok else RATE_EXCEEDED)
+
+    def rcptTo(self, client, transaction, recipient):
+        rate = client.tenant.rateRecipients
+        if rate is None:
+            return CONTINUE
+        spent = self._budget.spend(f"recipients:{client.tenant.name}", rate)
+        return then(spent, lambda ok: CONTINUE if ok else RECIPIENT_RATE_EXCEEDED)
+
+    def reset(self, client, transaction):
+        slot = transaction.notes.pop(self.name, None)
+        if slot is not None:
+            self._budget.release(*slot)

@@ -1,0 +1,148 @@
+"""
+What the relay tells its operators: Prometheus metrics and one structured
+log line per connection and per transaction.
+
+Log events carry their fields as data (C{twisted.logger} formats), never
+message content or AUTH secrets; addresses are shown as the operator chose
+with C{--log-addresses}: C{full}, C{domain} (C{*@example.com}), C{hash} (a
+keyed HMAC, so the same address always gives the same token and nobody
+without the key can reverse it) or C{none}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from twisted.logger import Logger
+
+from relay.address import Mailbox
+from relay.envelope import ClientInfo, Transaction
+from relay.metrics import Metrics
+from relay.reply import Reply
+
+__all__ = ["ADDRESS_MODES", "AddressRedactor", "Reporter"]
+
+ADDRESS_MODES = ("full", "domain", "hash", "none")
+
+
+class AddressRedactor:
+    """Shows an envelope address the way C{--log-addresses} asks."""
+
+    def __init__(self, mode: str, key: bytes = b""):
+        if mode not in ADDRESS_MODES:
+            raise ValueError(f"--log-addresses must be one of {', '.join(ADDRESS_MODES)}")
+        if mode == "hash" and not key:
+            raise ValueError("hashing addresses needs a key")
+        self._mode = mode
+        self._key = key
+
+    def __call__(self, mailbox: Mailbox | None) -> str:
+        if mailbox is None:
+            return "<>"
+        if self._mode == "full":
+            return str(mailbox)
+        if self._mode == "domain":
+            return "*@" + mailbox.domain.lower()
+        if self._mode == "hash":
+            digest = hmac.new(self._key, str(mailbox).lower().encode(), hashlib.sha256).hexdigest()
+            return "h:" + digest[:20]
+        return "-"
+
+
+def _result(reply: Reply) -> str:
+    """A final reply as a C{result} label value."""
+    if reply.positive:
+        return "relayed"
+    return "tempfailed" if reply.transient else "rejected"
+
+
+class Reporter:
+    """Counts into L{Metrics} and logs; one per relay process."""
+
+    log = Logger(namespace="smtprelay")
+
+    def __init__(self, metrics: Metrics, redact: AddressRedactor):
+        self.metrics = metrics
+        self._redact = redact
+
+    def connectionOpened(self) -> None:
+        self.metrics.connections.inc()
+        self.metrics.connectionsActive.inc()
+
+    def connectionClosed(self, client: ClientInfo, seconds: float, transactions: int) -> None:
+        self.metrics.connectionsActive.dec()
+        self.log.info(
+            "connection {session} from {client} closed after {seconds:.3f}s: tenant={tenant} tls={tls} "
+            "transactions={transactions}",
+            session=client.sessionId,
+            client=client.address,
+            seconds=seconds,
+            tenant=client.tenant.name if client.tenant else None,
+            tls=client.tls,
+            transactions=transactions,
+        )
+
+    def refused(self, rule: str, client: ClientInfo, reply: Reply) -> None:
+        """A policy (or a built-in limit) refused something."""
+        self.metrics.policyRejections.labels(rule).inc()
+        self.log.info(
+            "{rule} refused {client} tenant={tenant}: {code} {text}",
+            rule=rule,
+            client=client.address,
+            tenant=client.tenant.name if client.tenant else None,
+            code=reply.code,
+            text=reply.text,
+        )
+
+    def auth(self, mechanism: str, success: bool) -> None:
+        self.metrics.authAttempts.labels(mechanism, "success" if success else "failure").inc()
+
+    def tls(self, direction: str, version: str) -> None:
+        self.metrics.tlsSessions.labels(direction, version).inc()
+
+    def upstreamOpened(self, upstreamType: str, seconds: float, tls: str | None) -> None:
+        self.metrics.upstreamConnectDuration.labels(upstreamType).observe(seconds)
+        if tls:
+            self.tls("upstream", tls)
+
+    def upstreamError(self, upstreamType: str, kind: str) -> None:
+        self.metrics.upstreamErrors.labels(upstreamType, kind).inc()
+
+    def transaction(
+        self,
+        client: ClientInfo,
+        transaction: Transaction,
+        reply: Reply,
+        upstream: str | None,
+        seconds: float,
+        aborted: bool = False,
+    ) -> None:
+        """
+        A transaction ended with C{reply} (or the client went away, when
+        C{aborted}): count it and log one line.
+        """
+        tenant = client.tenant.name if client.tenant else "-"
+        result = "aborted" if aborted else _result(reply)
+        recipients = len(transaction.recipients)
+        m = self.metrics
+        m.messages.labels(tenant, result).inc()
+        m.recipients.labels(tenant, result).inc(recipients)
+        if result == "relayed":
+            m.messageBytes.labels(tenant).inc(transaction.size)
+            m.messageSize.observe(transaction.size)
+            m.relayDuration.labels(tenant).observe(seconds)
+        self.log.info(
+            "{queueId} {result}: tenant={tenant} client={client} from={sender} recipients={recipients} "
+            "size={size} upstream={upstream} reply={reply} duration={seconds:.3f}s",
+            queueId=transaction.queueId,
+            result=result,
+            tenant=tenant,
+            client=client.address,
+            sender=self._redact(transaction.sender),
+            recipients=recipients,
+            size=transaction.size,
+            upstream=upstream,
+            reply=f"{reply.code} {reply.enhanced or ''}".strip(),
+            seconds=seconds,
+        )
