@@ -21,6 +21,7 @@ from relay.address import Mailbox
 from relay.envelope import ClientInfo, Transaction
 from relay.interfaces import IPolicy, IPolicyFactory, IUpstreamSession, IUpstreamType
 from relay.reply import Reply
+from relay.upstreams import UpstreamContext, UpstreamError
 from relay.verdict import CONTINUE, Verdict, accept, reject, tempfail
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "PolicyPlugin",
     "Reply",
     "Transaction",
+    "UpstreamContext",
+    "UpstreamError",
     "UpstreamTypePlugin",
     "Verdict",
     "accept",

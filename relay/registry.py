@@ -15,7 +15,8 @@ from importlib.metadata import packages_distributions, version
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import ICheckerFactory
 from twisted.logger import globalLogPublisher
-from twisted.plugin import getPlugins
+from twisted.plugin import getCache, getPlugins
+from twisted.python.modules import getModule
 
 from relay.interfaces import IPolicyFactory, IUpstreamType
 
@@ -29,6 +30,27 @@ def _brokenModule(failure) -> str:
         if "/twisted/plugins/" in path:
             return path.rsplit("/", 1)[-1].removesuffix(".py")
     return "unknown plugin module"
+
+
+def _unloadable() -> list[str]:
+    """
+    Plugin modules that are on disk but not in Twisted's plugin cache, with
+    the error importing them gives.  (Twisted logs such an error only the
+    first time it meets the module, then leaves it out of the cache.)
+    """
+    import twisted.plugins
+
+    cached = getCache(twisted.plugins)
+    problems = []
+    for module in getModule("twisted.plugins").iterModules():
+        key = module.name.rsplit(".", 1)[-1]
+        if key in cached:
+            continue
+        try:
+            module.load()
+        except Exception as e:
+            problems.append(f"{key}: {type(e).__name__}: {e}")
+    return problems
 
 
 def _collect(interface, problems: list[str]) -> list:
@@ -65,7 +87,7 @@ def discover() -> Discovery:
     found.upstreamTypes = _collect(IUpstreamType, found.problems)
     found.policies = sorted(_collect(IPolicyFactory, found.problems), key=lambda f: (f.priority, f.name))
     found.checkers = [c for c in _collect(ICheckerFactory, found.problems) if IUsernamePassword in c.credentialInterfaces]
-    found.problems = sorted(set(found.problems))
+    found.problems = sorted(set(found.problems + _unloadable()))
     return found
 
 

@@ -9,6 +9,7 @@ log shows it loaded that store generation, so a test never sleeps blindly.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import smtplib
@@ -49,9 +50,10 @@ class RelayProcess:
 
     @ivar port: the C{--smtp} port (STARTTLS offered).
     @ivar smtpsPort: the C{--smtps} port (implicit TLS).
+    @param environment: added to the relay process's environment.
     """
 
-    def __init__(self, directory: Path, ca: CA, *arguments: str):
+    def __init__(self, directory: Path, ca: CA, *arguments: str, environment: dict[str, str] | None = None):
         self.directory = directory
         self.ca = ca
         directory.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,9 @@ class RelayProcess:
             "--upstream-timeout=5",
             *arguments,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(environment or {})}
+        )
         self._waitForPort()
 
     def _waitForPort(self, timeout: float = 20.0) -> None:

@@ -1,0 +1,1 @@
+# Lets pytest import smtprelay_example from this checkout without installing it.

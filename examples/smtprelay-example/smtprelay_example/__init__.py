@@ -1,0 +1,1 @@
+"""An example smtprelay plugin distribution."""
