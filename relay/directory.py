@@ -39,6 +39,7 @@ class Directory:
         self._poller = LoopingCall(self._refresh)
         self._poller.clock = reactor
         self.snapshot = Snapshot(generation=-1)
+        self.reachable = True  # the last check of the store succeeded
         self._noAuth: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Tenant]] = []
 
     def _inThread(self, f, *args) -> Deferred:
@@ -75,11 +76,16 @@ class Directory:
 
     def _refresh(self) -> Deferred[None]:
         def changed(generation: int) -> Deferred[None] | None:
+            self.reachable = True
             return self._load() if generation != self.snapshot.generation else None
 
-        d = self._inThread(self._store.generation).addCallback(changed)
-        # A store outage keeps the last snapshot: relaying goes on.
-        return d.addErrback(lambda f: self.log.failure("store refresh failed", f))
+        def failed(failure) -> None:
+            # A store outage keeps the last snapshot: relaying goes on.
+            if self.reachable:
+                self.log.failure("tenant store unreachable; relaying with the last snapshot", failure)
+            self.reachable = False
+
+        return self._inThread(self._store.generation).addCallback(changed).addErrback(failed)
 
     def tenant(self, name: str) -> Tenant | None:
         return self.snapshot.tenants.get(name)

@@ -25,6 +25,8 @@ from relay.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
 from relay.server.guard import ConnectionGuard
 from relay.server.protocol import SMTPServerFactory
+from relay.server.proxy import PREFIX as PROXY_PREFIX
+from relay.server.proxy import proxiedEndpoint
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
 from relay.store.repository import Store
@@ -32,6 +34,7 @@ from relay.store.secrets import KeyRing
 from relay.tls import serverTLSOptions
 from relay.upstreams import UpstreamContext
 from relay.upstreams.pool import UpstreamPool
+from relay.web import metricsSite
 
 __all__ = ["RelayService"]
 
@@ -90,6 +93,8 @@ class RelayService(MultiService):
         self._options = options
         self._reactor = reactor
         self._ports = []
+        self._metricsPort = None
+        self._draining = False
         discovery = discover()
         for problem in discovery.problems:
             self.log.error("plugin module failed to load: {problem}", problem=problem)
@@ -98,7 +103,9 @@ class RelayService(MultiService):
         self.directory = Directory(store, reactor, self.threadPool, options["refresh-interval"])
         self.directory.swap(store.loadSnapshot())
         try:
-            tls = serverTLSOptions(options["tls-cert"], options["tls-key"]) if options["tls-cert"] else None
+            tls = None
+            if options["tls-cert"]:
+                tls = serverTLSOptions(options["tls-cert"], options["tls-key"], options["tls-profile"])
             redact = AddressRedactor(options["log-addresses"], keyRing.hmacKey())
         except (OSError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
@@ -142,6 +149,9 @@ class RelayService(MultiService):
             maxMessageSize=options["max-message-size"],
             idleTimeout=options["idle-timeout"],
             maxErrors=options["max-errors"],
+            handshakeTimeout=options["handshake-timeout"],
+            dataTimeout=options["data-timeout"],
+            upstreamTimeout=options["upstream-timeout"],
         )
 
     def _factories(self):
@@ -149,16 +159,35 @@ class RelayService(MultiService):
             yield description, SMTPServerFactory(self.context, implicitTLS=False)
         for description in self._options["smtps"]:
             factory = SMTPServerFactory(self.context, implicitTLS=True)
-            if not description.startswith("ssl:"):
+            if not description.removeprefix(PROXY_PREFIX).startswith("ssl:"):
                 factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
             yield description, factory
+
+    def _endpoint(self, description: str):
+        if description.startswith(PROXY_PREFIX):
+            return proxiedEndpoint(self._reactor, description, self._options["handshake-timeout"])
+        return serverFromString(self._reactor, description)
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /readyz: ready when listening, with the store reachable, and not draining."""
+        if self._draining:
+            return False, "draining"
+        if len(self._ports) < len(self._options["smtp"]) + len(self._options["smtps"]):
+            return False, "starting"
+        if not self.directory.reachable:
+            return False, "tenant store unreachable"
+        return True, "ready"
 
     def startService(self) -> None:
         super().startService()
         self.threadPool.start()
         self.directory.start()
+        site = metricsSite(self.metrics.registry, self.readiness, self._reactor)
+        d = serverFromString(self._reactor, self._options["metrics"]).listen(site)
+        d.addCallback(lambda port: setattr(self, "_metricsPort", port))
+        d.addErrback(self._cannotListen, self._options["metrics"])
         for description, factory in self._factories():
-            d = serverFromString(self._reactor, description).listen(factory)
+            d = self._endpoint(description).listen(factory)
             d.addCallback(self._listening, description)
             d.addErrback(self._cannotListen, description)
 
@@ -172,9 +201,12 @@ class RelayService(MultiService):
 
     def stopService(self):
         super().stopService()
+        self._draining = True
         self.directory.stop()
         stopping = [port.stopListening() for port in self._ports]
         stopping.append(self.upstreams.closeIdle())
         d = DeferredList(stopping)
         d.addBoth(lambda _: self.threadPool.stop())
+        if self._metricsPort is not None:
+            d.addBoth(lambda _: self._metricsPort.stopListening())
         return d

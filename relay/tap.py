@@ -58,7 +58,11 @@ class Options(usage.Options, AuthOptionMixin):
         ["max-auth-failures", None, 5, "AUTH failures from one address before it is refused for a while.", int],
         ["auth-failure-window", None, 900.0, "Seconds an AUTH failure counts against its address.", float],
         ["max-errors", None, 20, "Refused or unknown commands in one session before 421 and close.", int],
+        ["metrics", None, "tcp:9464:interface=127.0.0.1", "Monitoring HTTP endpoint (/metrics, /healthz, /readyz)."],
         ["log-addresses", None, "full", "Envelope addresses in logs: full, domain, hash (keyed HMAC) or none."],
+        ["tls-profile", None, "intermediate", "Mozilla TLS profile: intermediate (TLS 1.2+) or modern (TLS 1.3)."],
+        ["handshake-timeout", None, 10.0, "Seconds for a client's TLS handshake or PROXY header.", float],
+        ["data-timeout", None, 600.0, "Seconds the transfer of one message may take in all.", float],
     ]
 
     def __init__(self) -> None:

@@ -7,11 +7,23 @@ from __future__ import annotations
 import re
 
 from OpenSSL import crypto
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
-__all__ = ["MINIMUM_TLS", "pemCertificates", "serverTLSOptions"]
+__all__ = ["MINIMUM_TLS", "PROFILES", "pemCertificates", "serverTLSOptions"]
 
 MINIMUM_TLS = TLSVersion.TLSv1_2
+
+# Mozilla's server-side TLS profiles (https://wiki.mozilla.org/Security/Server_Side_TLS, version 5.7):
+# "modern" is TLS 1.3 only; "intermediate" adds TLS 1.2 with forward-secret AEAD ciphers.
+PROFILES = {
+    "modern": (TLSVersion.TLSv1_3, None),
+    "intermediate": (
+        TLSVersion.TLSv1_2,
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+        "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305",
+    ),
+}
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
 
@@ -20,14 +32,19 @@ def pemCertificates(data: bytes) -> list[bytes]:
     return _PEM_CERT.findall(data)
 
 
-def serverTLSOptions(certPath: str, keyPath: str | None = None) -> CertificateOptions:
+def serverTLSOptions(certPath: str, keyPath: str | None = None, profile: str = "intermediate") -> CertificateOptions:
     """
     Server TLS options from PEM files.
 
     @param certPath: the certificate, followed by its intermediate chain.
     @param keyPath: the private key; C{None} when it is in C{certPath}.
-    @raise ValueError: a file holds no certificate or no usable key.
+    @param profile: a key of L{PROFILES}.
+    @raise ValueError: a file holds no certificate or no usable key, or the
+        profile is unknown.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"--tls-profile must be one of {', '.join(PROFILES)}")
+    minimum, ciphers = PROFILES[profile]
     with open(certPath, "rb") as f:
         certData = f.read()
     keyData = certData
@@ -42,9 +59,11 @@ def serverTLSOptions(certPath: str, keyPath: str | None = None) -> CertificateOp
         chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
     except crypto.Error as e:
         raise ValueError(f"cannot load TLS key or certificate: {e}") from None
+    extra = {"acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(ciphers)} if ciphers else {}
     return CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
-        raiseMinimumTo=MINIMUM_TLS,
+        raiseMinimumTo=minimum,
+        **extra,
     )

@@ -34,6 +34,10 @@ class ServerContext:
     @ivar maxMessageSize: the SIZE limit, in octets (a tenant may have less).
     @ivar idleTimeout: seconds a client may stay silent (RFC 5321 §4.5.3.2).
     @ivar maxErrors: refused or unknown commands before 421 and close.
+    @ivar handshakeTimeout: seconds for a TLS handshake (and a PROXY header).
+    @ivar dataTimeout: seconds the whole DATA phase of one message may take.
+    @ivar upstreamTimeout: seconds the upstream may stall a message's stream
+        (not reading) before the transaction is given up.
     """
 
     reactor: Any
@@ -49,3 +53,6 @@ class ServerContext:
     maxMessageSize: int = 50 * 1024 * 1024
     idleTimeout: float = 300.0
     maxErrors: int = 20
+    handshakeTimeout: float = 10.0
+    dataTimeout: float = 600.0
+    upstreamTimeout: float = 60.0

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from relay.envelope import ClientInfo, Transaction
 from relay.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
@@ -20,6 +22,47 @@ __all__ = ["MessageStream"]
 
 HEADER_TOO_BIG = Reply.of(552, "5.3.4", "Message header block exceeds 64 KiB")
 UPSTREAM_LOST = Reply.of(451, "4.4.2", "Upstream connection lost; message not delivered, try again")
+UPSTREAM_STALLED = Reply.of(451, "4.4.2", "Upstream stopped reading; message not delivered, try again")
+
+
+@implementer(IPushProducer)
+class _UpstreamFlow:
+    """
+    What the upstream pauses when it cannot keep up: the client.  An upstream
+    that stays paused longer than C{timeout} is given up (C{onStall}), so
+    the client is read again, long before its own DATA timeout (RFC 5321
+    §4.5.3.2.5: 3 minutes per block).
+    """
+
+    def __init__(self, throttle: Throttle, clock, timeout: float, onStall):
+        self._throttle = throttle
+        self._clock = clock
+        self._timeout = timeout
+        self._onStall = onStall
+        self._timer = None
+
+    def pauseProducing(self) -> None:
+        self._throttle.hold("upstream")
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self._stop()
+        self._throttle.release("upstream")
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self._onStall()
+        self._throttle.release("upstream")
 
 
 class MessageStream:
@@ -45,6 +88,8 @@ class MessageStream:
         policies: PolicyChain,
         trace: bytes,
         throttle: Throttle,
+        clock,
+        stallTimeout: float,
     ):
         self._client = client
         self._transaction = transaction
@@ -58,7 +103,14 @@ class MessageStream:
         self._drained: Deferred[None] | None = None
         self._attached = True
         self.refusal: Reply | None = None
-        upstream.registerProducer(throttle.producer("upstream"), True)
+        self._flow = _UpstreamFlow(throttle, clock, stallTimeout, self._stalled)
+        upstream.registerProducer(self._flow, True)
+
+    def _stalled(self) -> None:
+        """The upstream stopped reading: give it up, keep reading the client until its dot."""
+        self.refusal = UPSTREAM_STALLED
+        self._backlog.clear()
+        self._upstream.abort()
 
     def write(self, content: bytes) -> None:
         """More of the message, in order."""
@@ -134,4 +186,4 @@ class MessageStream:
         if self._attached:
             self._attached = False
             self._upstream.unregisterProducer()
-            self._throttle.release("upstream")
+            self._flow.resumeProducing()

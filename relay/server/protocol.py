@@ -45,10 +45,16 @@ EARLY_DATA = Reply.of(554, "5.5.0", "Error: message sent before our 354 reply (i
 IDLE = Reply.of(421, "4.4.2", "Error: timeout exceeded, closing connection")
 INTERNAL = Reply.of(421, "4.3.0", "Error: internal error, closing connection")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Error: too many errors, closing connection")
+DATA_TOO_SLOW = Reply.of(421, "4.4.2", "Error: message transfer took too long, closing connection")
 # Every reply carries an enhanced status code (RFC 3463), whether or not the
 # client said EHLO (as Postfix does), except a successful greeting and the
 # answer to EHLO or HELO (RFC 2034 §3).
 _NO_ENHANCED_CODE = ("EHLO", "HELO")
+
+
+def _cancel(timer) -> None:
+    if timer is not None and timer.active():
+        timer.cancel()
 
 
 class Mode(enum.Enum):
@@ -78,6 +84,8 @@ class SMTPServerProtocol(Protocol):
         self._timer = None
         self._errors = 0
         self._admitted = False
+        self._handshakeTimer = None
+        self._dataTimer = None
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -93,10 +101,17 @@ class SMTPServerProtocol(Protocol):
             return
         self._admitted = True
         self._timer = self._clock.callLater(self._ctx.idleTimeout, self._idleCheck)
+        if self._implicitTLS:
+            self._awaitHandshake()
         self._step("CONNECT", self.session.greeting())
         self._flush()
 
+    def _awaitHandshake(self) -> None:
+        """A client that does not complete the TLS handshake in time is dropped."""
+        self._handshakeTimer = self._clock.callLater(self._ctx.handshakeTimeout, self.transport.abortConnection)
+
     def handshakeCompleted(self) -> None:
+        _cancel(self._handshakeTimer)
         self.client.tls = self.transport.getHandle().get_protocol_version_name()
         self._ctx.reporter.tls("inbound", self.client.tls)
 
@@ -160,6 +175,7 @@ class SMTPServerProtocol(Protocol):
             self.session.messageData(content)
         if rest is not None:
             error, self._scanner = self._scanner.error, None
+            _cancel(self._dataTimer)
             self._mode = Mode.COMMAND
             self._input = rest
             self._step("EOD", self.session.endOfData(error))
@@ -205,6 +221,7 @@ class SMTPServerProtocol(Protocol):
         elif verb == "DATA" and code == 354:
             self._mode = Mode.DATA
             self._scanner = DataScanner(self.session.maxMessageSize)
+            self._dataTimer = self._clock.callLater(self._ctx.dataTimeout, self._answer, DATA_TOO_SLOW, "TIMEOUT")
         elif code == 334:
             self._mode = Mode.AUTH
         elif self._mode is Mode.AUTH:
@@ -216,6 +233,7 @@ class SMTPServerProtocol(Protocol):
         self._flush()
         self.transport.startTLS(self._ctx.tls)
         self.session.tlsStarted()
+        self._awaitHandshake()
 
     def _flush(self) -> None:
         if self._output:
@@ -237,8 +255,8 @@ class SMTPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._mode = Mode.CLOSED
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        for timer in (self._timer, self._handshakeTimer, self._dataTimer):
+            _cancel(timer)
         self.session.connectionLost()
         if self._admitted:
             self._ctx.guard.leave(self.client.address)

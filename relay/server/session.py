@@ -426,7 +426,16 @@ class RelaySession:
             return self._finishTransaction(transaction, reply, Release.DIRTY)
         if not self._closed:
             trace = traceHeader(self.client, transaction, self._ctx.hostname)
-            self._stream = MessageStream(self.client, transaction, upstream, self._ctx.policies, trace, self._throttle)
+            self._stream = MessageStream(
+                self.client,
+                transaction,
+                upstream,
+                self._ctx.policies,
+                trace,
+                self._throttle,
+                self._ctx.reactor,
+                self._ctx.upstreamTimeout,
+            )
         return GO_AHEAD
 
     def messageData(self, content: bytes) -> None:

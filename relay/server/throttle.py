@@ -8,7 +8,6 @@ has.
 from __future__ import annotations
 
 from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
 __all__ = ["Throttle"]
 
@@ -36,23 +35,3 @@ class Throttle:
         self._reasons.discard(reason)
         if not self._reasons:
             self._producer.resumeProducing()
-
-    def producer(self, reason: str) -> IPushProducer:
-        """A producer to register with a consumer: its pauses hold C{reason}."""
-        return _ReasonProducer(self, reason)
-
-
-@implementer(IPushProducer)
-class _ReasonProducer:
-    def __init__(self, throttle: Throttle, reason: str):
-        self._throttle = throttle
-        self._reason = reason
-
-    def pauseProducing(self) -> None:
-        self._throttle.hold(self._reason)
-
-    def resumeProducing(self) -> None:
-        self._throttle.release(self._reason)
-
-    def stopProducing(self) -> None:
-        self._throttle.release(self._reason)

@@ -50,6 +50,7 @@ class RelayProcess:
 
     @ivar port: the C{--smtp} port (STARTTLS offered).
     @ivar smtpsPort: the C{--smtps} port (implicit TLS).
+    @ivar metricsPort: the C{--metrics} port (/metrics, /healthz, /readyz).
     @param environment: added to the relay process's environment.
     """
 
@@ -66,12 +67,14 @@ class RelayProcess:
         self.cert = ca.issue(directory, "relay", hostnames=["relay.test", "localhost"])
         self.port = freePort()
         self.smtpsPort = freePort()
+        self.metricsPort = freePort()
         command = [
             TWISTD, "-n", "--pidfile=", f"--logfile={self.logFile}", "smtprelay",
             f"--database={self.database}",
             f"--secret-key-file={self.keyFile}",
             f"--smtp=tcp:{self.port}:interface=127.0.0.1",
             f"--smtps=tcp:{self.smtpsPort}:interface=127.0.0.1",
+            f"--metrics=tcp:{self.metricsPort}:interface=127.0.0.1",
             f"--tls-cert={self.cert.chain}",
             f"--tls-key={self.cert.key}",
             "--hostname=relay.test",
