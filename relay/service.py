@@ -9,14 +9,15 @@ from sqlalchemy import make_url
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
 
 from relay.auth.chain import FirstOf
 from relay.auth.tenants import TenantChecker
 from relay.directory import Directory
+from relay.logs import jsonObserver
 from relay.metrics import Metrics
 from relay.policy import PolicyContext
 from relay.policy.chain import PolicyChain
@@ -36,7 +37,11 @@ from relay.upstreams import UpstreamContext
 from relay.upstreams.pool import UpstreamPool
 from relay.web import metricsSite
 
-__all__ = ["RelayService"]
+__all__ = ["RelayService", "StartupError"]
+
+
+class StartupError(Exception):
+    """The relay cannot start as configured; the message says why, in one line."""
 
 
 def _openStore(options) -> tuple[Store, KeyRing]:
@@ -47,17 +52,17 @@ def _openStore(options) -> tuple[Store, KeyRing]:
         keyRing = KeyRing.fromFile(options["secret-key-file"])
         return Store(engine, keyRing), keyRing
     except (StoreError, OSError, ValueError) as e:
-        raise usage.UsageError(str(e)) from None
+        raise StartupError(str(e)) from None
     except Exception as e:  # a driver error: unreachable database, bad URL, ...
         shown = make_url(options["database"]).render_as_string(hide_password=True)
-        raise usage.UsageError(f"cannot open the tenant store {shown}: {e}") from None
+        raise StartupError(f"cannot open the tenant store {shown}: {e}") from None
 
 
 def _policies(options, reactor, discovery: Discovery) -> list:
     """The installed policies, minus those disabled, built in order."""
     unknown = set(options["disable-policy"]) - {factory.name for factory in discovery.policies}
     if unknown:
-        raise usage.UsageError(f"--disable-policy: no installed policy named {', '.join(sorted(unknown))}")
+        raise StartupError(f"--disable-policy: no installed policy named {', '.join(sorted(unknown))}")
     context = PolicyContext(reactor=reactor, options=options)
     policies = []
     for factory in discovery.policies:
@@ -66,7 +71,7 @@ def _policies(options, reactor, discovery: Discovery) -> list:
         try:
             policies.append(factory.makePolicy(context))
         except Exception as e:
-            raise usage.UsageError(f"policy {factory.name} cannot start: {type(e).__name__}: {e}") from None
+            raise StartupError(f"policy {factory.name} cannot start: {type(e).__name__}: {e}") from None
     return policies
 
 
@@ -108,7 +113,7 @@ class RelayService(MultiService):
                 tls = serverTLSOptions(options["tls-cert"], options["tls-key"], options["tls-profile"])
             redact = AddressRedactor(options["log-addresses"], keyRing.hmacKey())
         except (OSError, ValueError) as e:
-            raise usage.UsageError(str(e)) from None
+            raise StartupError(str(e)) from None
         self.metrics = Metrics()
         reporter = Reporter(self.metrics, redact)
         upstreamContext = UpstreamContext(
@@ -167,6 +172,15 @@ class RelayService(MultiService):
         if description.startswith(PROXY_PREFIX):
             return proxiedEndpoint(self._reactor, description, self._options["handshake-timeout"])
         return serverFromString(self._reactor, description)
+
+    def setServiceParent(self, parent) -> None:
+        """
+        twistd hands the application itself here: with C{--log-format json}
+        set its log observer, which twistd then uses instead of its own.
+        """
+        if self._options["log-format"] == "json" and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, jsonObserver())
+        super().setServiceParent(parent)
 
     def readiness(self) -> tuple[bool, str]:
         """For /readyz: ready when listening, with the store reachable, and not draining."""

@@ -12,6 +12,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
+from relay.logs import FORMATS
 from relay.store.database import DEFAULT_DATABASE
 from relay.store.secrets import DEFAULT_KEY_FILE
 
@@ -58,6 +59,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["max-auth-failures", None, 5, "AUTH failures from one address before it is refused for a while.", int],
         ["auth-failure-window", None, 900.0, "Seconds an AUTH failure counts against its address.", float],
         ["max-errors", None, 20, "Refused or unknown commands in one session before 421 and close.", int],
+        ["log-format", None, "text", "text (twistd's log lines) or json (JSON lines on standard output)."],
         ["metrics", None, "tcp:9464:interface=127.0.0.1", "Monitoring HTTP endpoint (/metrics, /healthz, /readyz)."],
         ["log-addresses", None, "full", "Envelope addresses in logs: full, domain, hash (keyed HMAC) or none."],
         ["tls-profile", None, "intermediate", "Mozilla TLS profile: intermediate (TLS 1.2+) or modern (TLS 1.3)."],
@@ -97,6 +99,8 @@ class Options(usage.Options, AuthOptionMixin):
             raise usage.UsageError("--smtps needs --tls-cert")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(FORMATS)}")
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
         for name in (
@@ -116,6 +120,9 @@ class Options(usage.Options, AuthOptionMixin):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from relay.service import RelayService
+    from relay.service import RelayService, StartupError
 
-    return RelayService(options, reactor)
+    try:
+        return RelayService(options, reactor)
+    except StartupError as e:
+        raise SystemExit(f"twistd smtprelay: {e}") from None

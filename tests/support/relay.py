@@ -82,9 +82,11 @@ class RelayProcess:
             "--upstream-timeout=5",
             *arguments,
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(environment or {})}
-        )
+        self.stdoutFile = directory / "stdout.log"
+        with open(self.stdoutFile, "wb") as stdout:
+            self.process = subprocess.Popen(
+                command, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(environment or {})}
+            )
         self._waitForPort()
 
     def _waitForPort(self, timeout: float = 20.0) -> None:
@@ -102,13 +104,18 @@ class RelayProcess:
         return self.process.stderr.read().decode(errors="replace") if self.process.poll() is not None else ""
 
     def log(self) -> str:
+        """The relay's log file (twistd's text lines)."""
         return self.logFile.read_text(errors="replace") if self.logFile.exists() else ""
+
+    def stdout(self) -> str:
+        """What the relay wrote to standard output (JSON lines with --log-format json)."""
+        return self.stdoutFile.read_text(errors="replace")
 
     def waitForGeneration(self, generation: int, timeout: float = 10.0) -> None:
         """Wait until the relay has loaded this store generation (or a later one)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            loaded = [int(g) for g in _GENERATION.findall(self.log())]
+            loaded = [int(g) for g in _GENERATION.findall(self.log() + self.stdout())]
             if loaded and max(loaded) >= generation:
                 return
             time.sleep(0.05)
