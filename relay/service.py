@@ -5,9 +5,12 @@ command-line options.
 
 from __future__ import annotations
 
+import signal
+
 from sqlalchemy import make_url
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -99,6 +102,7 @@ class RelayService(MultiService):
         self._reactor = reactor
         self._ports = []
         self._metricsPort = None
+        self._smtpFactories: list[SMTPServerFactory] = []
         self._draining = False
         discovery = discover()
         for problem in discovery.problems:
@@ -161,12 +165,18 @@ class RelayService(MultiService):
 
     def _factories(self):
         for description in self._options["smtp"]:
-            yield description, SMTPServerFactory(self.context, implicitTLS=False)
+            factory = SMTPServerFactory(self.context, implicitTLS=False)
+            self._smtpFactories.append(factory)
+            yield description, factory
         for description in self._options["smtps"]:
             factory = SMTPServerFactory(self.context, implicitTLS=True)
+            self._smtpFactories.append(factory)
             if not description.removeprefix(PROXY_PREFIX).startswith("ssl:"):
                 factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
             yield description, factory
+
+    def _connections(self) -> list:
+        return [protocol for factory in self._smtpFactories for protocol in factory.connections]
 
     def _endpoint(self, description: str):
         if description.startswith(PROXY_PREFIX):
@@ -192,8 +202,17 @@ class RelayService(MultiService):
             return False, "tenant store unreachable"
         return True, "ready"
 
+    def _terminate(self, signum, frame) -> None:
+        """
+        SIGTERM stops the reactor, which drains (see L{stopService}); the
+        process then exits 0, not by re-raising the signal as twistd would.
+        """
+        self._reactor.callFromThread(self._reactor.stop)
+
     def startService(self) -> None:
         super().startService()
+        # After the reactor installed its own handlers (during startup).
+        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
         self.threadPool.start()
         self.directory.start()
         site = metricsSite(self.metrics.registry, self.readiness, self._reactor)
@@ -213,14 +232,28 @@ class RelayService(MultiService):
         self.log.critical("cannot listen on {description}: {error}", description=description, error=failure.value)
         self._reactor.stop()
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
+        """
+        Stop accepting; let transactions in flight finish for up to
+        C{--drain-timeout} seconds while idle clients get C{421 4.3.2}; then
+        close what remains and stop.
+        """
         super().stopService()
         self._draining = True
         self.directory.stop()
-        stopping = [port.stopListening() for port in self._ports]
-        stopping.append(self.upstreams.closeIdle())
-        d = DeferredList(stopping)
-        d.addBoth(lambda _: self.threadPool.stop())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await DeferredList([port.stopListening() for port in self._ports])
+        for protocol in self._connections():
+            protocol.drain()
+        deadline = self._reactor.seconds() + self._options["drain-timeout"]
+        while self._connections() and self._reactor.seconds() < deadline:
+            await deferLater(self._reactor, 0.05)
+        for protocol in self._connections():
+            self.log.warn("drain time over: closing the connection from {client}", client=protocol.client.address)
+            protocol.shutDown()
+        await self.upstreams.closeIdle()
+        self.threadPool.stop()
         if self._metricsPort is not None:
-            d.addBoth(lambda _: self._metricsPort.stopListening())
-        return d
+            await self._metricsPort.stopListening()

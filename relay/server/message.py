@@ -78,6 +78,8 @@ class MessageStream:
 
     @ivar refusal: the reply the client gets at the end of data instead of
         the upstream's, once a policy refused or the upstream went away.
+    @ivar upstreamFailure: C{"lost"} or C{"stall"} when the upstream failed
+        while the message streamed, else C{None}.
     """
 
     def __init__(
@@ -103,12 +105,13 @@ class MessageStream:
         self._drained: Deferred[None] | None = None
         self._attached = True
         self.refusal: Reply | None = None
+        self.upstreamFailure: str | None = None
         self._flow = _UpstreamFlow(throttle, clock, stallTimeout, self._stalled)
         upstream.registerProducer(self._flow, True)
 
     def _stalled(self) -> None:
         """The upstream stopped reading: give it up, keep reading the client until its dot."""
-        self.refusal = UPSTREAM_STALLED
+        self.refusal, self.upstreamFailure = UPSTREAM_STALLED, "stall"
         self._backlog.clear()
         self._upstream.abort()
 
@@ -162,7 +165,7 @@ class MessageStream:
         if verdict.refuses:
             self.refusal = verdict.reply
         elif not self._upstream.alive:
-            self.refusal = UPSTREAM_LOST
+            self.refusal, self.upstreamFailure = UPSTREAM_LOST, "lost"
         else:
             self._upstream.write(forward)
             if then:

@@ -37,6 +37,7 @@ __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 MAX_COMMAND_LINE = 512  # octets including CRLF, RFC 5321 §4.5.3.1.4
 MAX_AUTH_LINE = 12288  # octets, RFC 4954 §4
 MAX_BUFFERED_INPUT = 64 * 1024  # pipelined input held while a command waits
+CLOSE_GRACE = 5.0  # seconds a closing TLS connection may wait for the client's close_notify
 
 LINE_TOO_LONG = Reply.of(500, "5.5.2", "Error: line too long")
 LINE_NOT_ASCII = Reply.of(500, "5.5.2", "Error: 8-bit characters in command")
@@ -46,6 +47,7 @@ IDLE = Reply.of(421, "4.4.2", "Error: timeout exceeded, closing connection")
 INTERNAL = Reply.of(421, "4.3.0", "Error: internal error, closing connection")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Error: too many errors, closing connection")
 DATA_TOO_SLOW = Reply.of(421, "4.4.2", "Error: message transfer took too long, closing connection")
+SHUTTING_DOWN = Reply.of(421, "4.3.2", "Service shutting down, try again later")
 # Every reply carries an enhanced status code (RFC 3463), whether or not the
 # client said EHLO (as Postfix does), except a successful greeting and the
 # answer to EHLO or HELO (RFC 2034 §3).
@@ -86,8 +88,11 @@ class SMTPServerProtocol(Protocol):
         self._admitted = False
         self._handshakeTimer = None
         self._dataTimer = None
+        self._draining = False
+        self._closing = None
 
     def connectionMade(self) -> None:
+        self.factory.connections.add(self)
         peer = self.transport.getPeer()
         self.client = ClientInfo(newQueueId(), getattr(peer, "host", "local"), getattr(peer, "port", 0))
         self._throttle = Throttle(self.transport)
@@ -140,6 +145,8 @@ class SMTPServerProtocol(Protocol):
             self._running = False
         if not self._waiting:
             self._throttle.release("input")
+            if self._draining:
+                self._closeIfIdle()
         self._flush()
 
     def _line(self) -> bool:
@@ -227,6 +234,25 @@ class SMTPServerProtocol(Protocol):
         elif self._mode is Mode.AUTH:
             self._mode = Mode.COMMAND
 
+    def drain(self) -> None:
+        """
+        The relay is shutting down: close now if between transactions,
+        otherwise as soon as the transaction in flight has ended.
+        """
+        self._draining = True
+        if not self._waiting:
+            self._closeIfIdle()
+            self._flush()
+
+    def _closeIfIdle(self) -> None:
+        if self._mode is Mode.COMMAND and not self.session.inTransaction:
+            self._answer(SHUTTING_DOWN, "DRAIN")
+
+    def shutDown(self) -> None:
+        """Close now with 421, aborting any transaction in flight."""
+        if self._mode is not Mode.CLOSED:
+            self._answer(SHUTTING_DOWN, "DRAIN")
+
     def _startTLS(self) -> None:
         # CVE-2011-0411: nothing the client sent before the handshake counts.
         self._input = b""
@@ -244,6 +270,8 @@ class SMTPServerProtocol(Protocol):
         self._mode = Mode.CLOSED
         self._flush()
         self.transport.loseConnection()
+        # A TLS close waits for the client's close_notify: not for ever.
+        self._closing = self._clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     def _idleCheck(self) -> None:
         idle = self._clock.seconds() - self._lastActivity
@@ -254,8 +282,9 @@ class SMTPServerProtocol(Protocol):
         self._answer(IDLE, "TIMEOUT")
 
     def connectionLost(self, reason: Failure) -> None:
+        self.factory.connections.discard(self)
         self._mode = Mode.CLOSED
-        for timer in (self._timer, self._handshakeTimer, self._dataTimer):
+        for timer in (self._timer, self._handshakeTimer, self._dataTimer, self._closing):
             _cancel(timer)
         self.session.connectionLost()
         if self._admitted:
@@ -268,6 +297,7 @@ class SMTPServerFactory(Factory):
     """
     Builds the protocol for one listener.
 
+    @ivar connections: the connections open now.
     @param implicitTLS: the listener wraps connections in TLS from the start
         (C{--smtps}); STARTTLS is then not offered.
     """
@@ -277,6 +307,7 @@ class SMTPServerFactory(Factory):
     def __init__(self, context: ServerContext, implicitTLS: bool):
         self.context = context
         self.implicitTLS = implicitTLS
+        self.connections: set[SMTPServerProtocol] = set()
 
     def buildProtocol(self, addr) -> SMTPServerProtocol:
         protocol = SMTPServerProtocol(self.context, self.implicitTLS)

@@ -150,6 +150,11 @@ class RelaySession:
             return min(tenant.maxSize, self._ctx.maxMessageSize)
         return self._ctx.maxMessageSize
 
+    @property
+    def inTransaction(self) -> bool:
+        """Between MAIL FROM and the end of the transaction."""
+        return self._transaction is not None
+
     def connectionLost(self) -> None:
         """The client went away: abort any transaction in flight."""
         self._closed = True
@@ -449,6 +454,8 @@ class RelaySession:
     async def _endOfData(self, transaction, upstream, stream: MessageStream, error: DataError | None) -> Reply:
         await stream.finish()
         refusal = stream.refusal
+        if stream.upstreamFailure is not None:
+            self._ctx.reporter.upstreamError(upstream.upstreamType, stream.upstreamFailure)
         if error is not None:
             refusal, rule = DATA_ERRORS[error]
             self._ctx.reporter.refused(rule, self.client, refusal)

@@ -109,6 +109,7 @@ class UpstreamPool:
                     return session, await session.mailFrom(sender, parameters)
                 except UpstreamError as e:
                     # A reused session may have died while idle: try a fresh one.
+                    self._reporter.upstreamError(session.upstreamType, e.kind)
                     self.release(session, Release.BROKEN)
                     error = e
         raise error
