@@ -65,6 +65,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["tls-profile", None, "intermediate", "Mozilla TLS profile: intermediate (TLS 1.2+) or modern (TLS 1.3)."],
         ["handshake-timeout", None, 10.0, "Seconds for a client's TLS handshake or PROXY header.", float],
         ["data-timeout", None, 600.0, "Seconds the transfer of one message may take in all.", float],
+        ["drain-timeout", None, 30.0, "At shutdown, seconds transactions in flight may take to finish.", float],
     ]
 
     def __init__(self) -> None:
