@@ -12,11 +12,12 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.strcred import ICheckerFactory
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from relay.auth.verified import VerifiedCache
 from relay.passwords import hashPassword, verifyPassword
 
 __all__ = ["TenantChecker", "TenantCheckerFactory"]
@@ -45,8 +46,9 @@ def _text(value: str | bytes) -> str:
 class TenantChecker:
     """
     Checks SMTP AUTH user names and passwords against the logins of the
-    relay's tenant directory; fires with the login's tenant name.  The relay
-    calls L{bind} before the first check.
+    relay's tenant directory; fires with the login's tenant name.  A
+    successful verification is remembered for a few minutes (see
+    L{VerifiedCache}).  The relay calls L{bind} before the first check.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -56,6 +58,7 @@ class TenantChecker:
         self._directory = directory
         self._reactor = reactor
         self._pool = threadPool
+        self._verified = VerifiedCache(reactor)
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
         try:
@@ -64,10 +67,13 @@ class TenantChecker:
         except UnicodeDecodeError:
             return fail(UnauthorizedLogin("credentials are not UTF-8"))
         login = self._directory.login(username)
+        if login is not None and (username, password, login.passwordHash) in self._verified:
+            return succeed(login.tenant)
 
         def checked(valid: bool) -> str:
             if login is None or not valid:
                 raise UnauthorizedLogin()
+            self._verified.add(username, password, login.passwordHash)
             return login.tenant
 
         encoded = None if login is None else login.passwordHash
