@@ -1,6 +1,6 @@
 """
 The database the store and admin tests run against: each test gets an empty
-one, SQLite and then PostgreSQL.
+one, SQLite and then PostgreSQL; and the store on it.
 
 PostgreSQL is reached at C{$SMTPRELAY_TEST_POSTGRESQL} (default
 L{POSTGRESQL}); the session creates a database of its own there and drops
@@ -8,9 +8,11 @@ it at the end, and each test gets an empty schema in it.  When PostgreSQL is
 unreachable its tests are skipped, except under C{CI=true} where they fail:
 CI must test what production runs.
 
-Use it by importing both fixtures into the test module::
+Use it by importing both fixtures into the test module, with those of the
+store the module uses::
 
     from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
+    from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
 """
 
 from __future__ import annotations
@@ -20,10 +22,25 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import URL, create_engine, make_url
+from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import OperationalError
 
-__all__ = ["POSTGRESQL", "databaseURL", "postgresqlDatabase"]
+from relay.store.database import openEngine, upgrade
+from relay.store.repository import Store
+from relay.store.secrets import KeyRing
+from relay.urls import UpstreamURL
+
+__all__ = [
+    "POSTGRESQL",
+    "acceptAll",
+    "acme",
+    "databaseURL",
+    "engine",
+    "freshEngine",
+    "keyRing",
+    "postgresqlDatabase",
+    "store",
+]
 
 POSTGRESQL = os.environ.get("SMTPRELAY_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -69,3 +86,41 @@ def databaseURL(request: pytest.FixtureRequest, tmp_path) -> str:
         connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
     engine.dispose()
     return database.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def freshEngine(databaseURL) -> Iterator[Engine]:
+    """An engine on the empty test database."""
+    engine = openEngine(databaseURL)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(freshEngine) -> Engine:
+    """An engine on the test database, schema migrated."""
+    upgrade(freshEngine)
+    return freshEngine
+
+
+@pytest.fixture
+def keyRing(tmp_path) -> KeyRing:
+    """A key ring with one fresh key, from the file C{secret.key}."""
+    return KeyRing.fromFile(tmp_path / "secret.key")
+
+
+@pytest.fixture
+def store(engine, keyRing) -> Store:
+    """An empty store."""
+    return Store(engine, keyRing)
+
+
+@pytest.fixture
+def acme(store) -> Store:
+    """The store with the tenant acme."""
+    store.addTenant("acme", "ops@acme.example", "Acme Ltd")
+    return store
+
+
+def acceptAll(url: UpstreamURL) -> None:
+    """An upstream validator that accepts every URL."""

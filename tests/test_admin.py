@@ -2,80 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from relay import admin
 from relay.passwords import verifyPassword
-from relay.store.database import openEngine
-from relay.store.repository import Store
-from relay.store.secrets import KeyRing
+from tests.adminfixtures import Result, acme, keyFile, run, snapshot  # noqa: F401
 from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
 
 UPSTREAM = "smtp+starttls://relay:s3cret@mail.acme.example:587"
 REDACTED = "smtp+starttls://relay:***@mail.acme.example:587"
 UPGRADE_FIRST = "run `smtprelay-admin db upgrade` first"
 GLOBEX = ["globex", "--email", "ops@globex.example", "--company", "Globex", "--org-id", "00D000000000062"]
-
-
-@dataclass(frozen=True)
-class Result:
-    """What a command did: its exit status and output."""
-
-    status: int
-    out: str
-    err: str
-
-    @property
-    def error(self) -> str:
-        """The one error line, without the program's prefix."""
-        [line] = self.err.splitlines()
-        assert line.startswith("smtprelay-admin: error: ")
-        return line.removeprefix("smtprelay-admin: error: ")
-
-
-@pytest.fixture
-def keyFile(tmp_path) -> Path:
-    """Where the secret key file goes (its directory does not exist yet)."""
-    return tmp_path / "keys" / "secret.key"
-
-
-@pytest.fixture
-def run(databaseURL, keyFile, capsys, monkeypatch):
-    """Run smtprelay-admin in this process against the test database; C{stdin} feeds standard input."""
-
-    def run(*args: str, stdin: str = "") -> Result:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        status = admin.main(["--database", databaseURL, "--secret-key-file", str(keyFile), *args])
-        captured = capsys.readouterr()
-        return Result(status, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def acme(run):
-    """A migrated database with the tenant acme; C{run} for the rest."""
-    assert run("db", "upgrade").status == 0
-    assert run("tenant", "add", "acme", "--email", "ops@acme.example", "--company", "Acme Ltd").status == 0
-    return run
-
-
-def snapshot(databaseURL, keyFile):
-    """What the relay would load from the test database."""
-    engine = openEngine(databaseURL)
-    try:
-        return Store(engine, KeyRing.fromFile(keyFile, create=False)).loadSnapshot()
-    finally:
-        engine.dispose()
 
 
 # db upgrade and preconditions
@@ -97,6 +41,11 @@ def test_upgradeIdempotent(run):
         ["login", "add", "acme", "bob"],
         ["upstream", "add", "acme", UPSTREAM],
         ["domain", "add", "acme", "acme.example"],
+        ["tenant", "set", "acme", "--max-size", "5"],
+        ["tenant", "export", "acme"],
+        ["network", "add", "acme", "192.0.2.0/24"],
+        ["usage"],
+        ["secrets", "rotate"],
     ],
 )
 def test_schemaRequired(run, command):
@@ -209,22 +158,25 @@ def test_tenantListJSON(acme):
 
 
 def test_tenantShow(acme):
-    """tenant show lists the tenant's fields, logins, domains and redacted upstreams."""
+    """tenant show lists the tenant's fields, settings, logins, domains and upstreams with ids, redacted."""
     acme("login", "add", "acme", "bob", stdin="pw\n")
     acme("domain", "add", "acme", "acme.example")
     acme("upstream", "add", "acme", UPSTREAM, "--priority", "20")
     out = acme("tenant", "show", "acme").out
-    assert "name:      acme\n" in out and "logins:    bob\n" in out and "domains:   acme.example\n" in out
-    assert out.endswith(f"upstreams:\n     20  {REDACTED}\n")
+    assert out.startswith("name:            acme\nstatus:          active\n")
+    assert "max size:        -\n" in out and "allow bounces:   no\n" in out
+    assert "logins:          bob\n" in out and "domains:         acme.example\n" in out
+    assert out.endswith(f"upstreams:\n  #1  priority 20  {REDACTED}\n")
     assert "s3cret" not in out
 
 
 def test_tenantShowJSON(acme):
-    """tenant show --json gives the same, upstream passwords redacted."""
+    """tenant show --json gives the same, upstream passwords redacted, rates as text."""
     acme("upstream", "add", "acme", UPSTREAM)
+    acme("tenant", "set", "acme", "--rate", "100/60s")
     shown = json.loads(acme("tenant", "show", "acme", "--json").out)
-    assert (shown["name"], shown["logins"], shown["domains"]) == ("acme", [], [])
-    assert shown["upstreams"] == [{"url": REDACTED, "priority": 10}]
+    assert (shown["name"], shown["logins"], shown["domains"], shown["rate"]) == ("acme", [], [], "100/1m")
+    assert shown["upstreams"] == [{"id": 1, "url": REDACTED, "priority": 10}]
 
 
 def test_tenantShowUnknown(acme):
@@ -284,7 +236,7 @@ def test_upstreamAdd(acme, databaseURL, keyFile):
     """upstream add checks the URL with the installed smtp type, shows it redacted, stores the password."""
     result = acme("upstream", "add", "acme", UPSTREAM, "--priority", "5")
     assert (result.status, result.err) == (0, "")
-    assert result.out == f"upstream {REDACTED} added to tenant 'acme' (priority 5)\n"
+    assert result.out == f"upstream #1 {REDACTED} added to tenant 'acme' (priority 5)\n"
     [upstream] = snapshot(databaseURL, keyFile).tenants["acme"].upstreams
     assert (upstream.url.unparse(), upstream.priority) == (UPSTREAM, 5)
 

@@ -10,7 +10,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from relay.store.errors import KeyFileError, UndecryptableSecret
-from relay.store.secrets import KeyRing, rotate
+from relay.store.secrets import KeyRing, dropOldKeys, rotate
 
 SECRET = "upstream p@ssw0rd"
 
@@ -95,8 +95,48 @@ def test_rotate(keyFile):
     newToken = rotated.encrypt(SECRET)
     assert reloaded.decrypt(newToken) == SECRET
     with pytest.raises(UndecryptableSecret):
-        old.decrypt(newToken)
+        KeyRing(keyFile.read_text().split()[1:]).decrypt(newToken)
     assert [path.name for path in keyFile.parent.iterdir()] == [keyFile.name]
+
+
+def test_followsRotation(keyFile):
+    """A key ring loaded from a file reads it again for a token it cannot decrypt: it follows a rotation."""
+    running = KeyRing.fromFile(keyFile)
+    newToken = rotate(keyFile).encrypt(SECRET)
+    assert running.decrypt(newToken) == SECRET
+    assert repr(running) == "<KeyRing keys=2>"
+
+
+def test_rereadKeepsKeysWhenFileBroken(keyFile):
+    """When the file cannot be read again, the ring keeps its keys and the token stays undecryptable."""
+    running = KeyRing.fromFile(keyFile)
+    token = running.encrypt(SECRET)
+    keyFile.chmod(0o644)
+    with pytest.raises(UndecryptableSecret):
+        running.decrypt(Fernet(Fernet.generate_key()).encrypt(b"x").decode())
+    assert running.decrypt(token) == SECRET
+
+
+def test_reencrypt(keyFile):
+    """reencrypt gives a new token of the primary key for a token of any key of the ring."""
+    oldToken = KeyRing.fromFile(keyFile).encrypt(SECRET)
+    rotated = rotate(keyFile)
+    newToken = rotated.reencrypt(oldToken)
+    assert newToken != oldToken
+    assert KeyRing(keyFile.read_text().split()[:1]).decrypt(newToken) == SECRET
+    with pytest.raises(UndecryptableSecret, match="cannot be decrypted"):
+        rotated.reencrypt("garbage")
+
+
+def test_dropOldKeys(keyFile):
+    """dropOldKeys keeps the primary key only, mode 0600, and says how many it dropped."""
+    KeyRing.fromFile(keyFile)
+    rotate(keyFile)
+    rotate(keyFile)
+    primary = keyFile.read_text().split()[0]
+    assert dropOldKeys(keyFile) == 2
+    assert (keyFile.read_text(), _mode(keyFile)) == (f"{primary}\n", 0o600)
+    assert dropOldKeys(keyFile) == 0
 
 
 def test_rotateMissing(keyFile):

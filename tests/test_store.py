@@ -2,65 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from relay.passwords import verifyPassword
+from relay.store import database
 from relay.store.database import openEngine, requireCurrentSchema, upgrade
 from relay.store.errors import Conflict, Invalid, NotFound, SchemaNotCurrent
 from relay.store.models import Base
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
 from relay.store.values import UpstreamInfo
+from relay.tenants import Rate
 from relay.urls import UpstreamURL
-from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
+from relay.usage import UsageDelta
+from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401
+from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
 
 SECRET = "s3cret p@ss"
 UPSTREAM = "smtp+starttls://relay%40acme.example:s3cret%20p%40ss@mail.acme.example:587?timeout=30"
 REDACTED = "smtp+starttls://relay%40acme.example:***@mail.acme.example:587?timeout=30"
-
-
-def acceptAll(url: UpstreamURL) -> None:
-    """An upstream validator that accepts every URL."""
-
-
-@pytest.fixture
-def freshEngine(databaseURL) -> Iterator[Engine]:
-    """An engine on the empty test database."""
-    engine = openEngine(databaseURL)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def engine(freshEngine) -> Engine:
-    """An engine on the test database, schema migrated."""
-    upgrade(freshEngine)
-    return freshEngine
-
-
-@pytest.fixture
-def keyRing(tmp_path) -> KeyRing:
-    """A key ring with one fresh key."""
-    return KeyRing.fromFile(tmp_path / "secret.key")
-
-
-@pytest.fixture
-def store(engine, keyRing) -> Store:
-    """An empty store."""
-    return Store(engine, keyRing)
-
-
-@pytest.fixture
-def acme(store) -> Store:
-    """The store with the tenant acme."""
-    store.addTenant("acme", "ops@acme.example", "Acme Ltd")
-    return store
 
 
 # The database and its schema
@@ -95,16 +62,85 @@ def test_migrationsMatchModels(engine):
         assert compare_metadata(context, Base.metadata) == []
 
 
+def migrate(engine: Engine, revision: str, step=command.upgrade) -> None:
+    """Migrate the schema up (or, with C{step=command.downgrade}, down) to a revision."""
+    config = database._alembicConfig()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        step(config, revision)
+
+
+def test_upgradeFrom0001KeepsData(freshEngine, keyRing):
+    """A database of revision 0001 with data upgrades to the latest: the data stays, the new settings are unset."""
+    migrate(freshEngine, "0001")
+    now = datetime.now(UTC)
+    with freshEngine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO tenants VALUES (7, 'acme', 'ops@acme.example', 'Acme', NULL, 'suspended', :now)"),
+            {"now": now},
+        )
+        connection.execute(text("INSERT INTO logins VALUES (1, 7, 'bob', '$scrypt$x', :now)"), {"now": now})
+        connection.execute(
+            text("INSERT INTO upstreams VALUES (1, 7, 'smtp://relay@mx.acme.example', :secret, 20)"),
+            {"secret": keyRing.encrypt(SECRET)},
+        )
+        connection.execute(text("INSERT INTO sender_domains VALUES (1, 7, 'acme.example')"))
+        connection.execute(text("UPDATE store_generation SET value = 4"))
+    upgrade(freshEngine)
+    requireCurrentSchema(freshEngine)
+    snapshot = Store(freshEngine, keyRing).loadSnapshot()
+    assert (snapshot.generation, snapshot.problems, list(snapshot.logins)) == (4, (), ["bob"])
+    tenant = snapshot.tenants["acme"]
+    assert (tenant.active, tenant.domains, tenant.upstreams[0].url.password) == (False, {"acme.example"}, SECRET)
+    assert (tenant.maxSize, tenant.maxRecipients, tenant.rate, tenant.rateRecipients) == (None, None, None, None)
+    assert (tenant.maxConcurrency, tenant.allowBounces, tenant.networks, tenant.blocklist) == (None, False, (), set())
+    assert Store(freshEngine, keyRing).usage() == []
+
+
+def test_downgradeTo0001(acme, engine):
+    """The latest revision downgrades to 0001, keeping that revision's data, and upgrades again."""
+    acme.setTenant("acme", maxSize=1000, rate=Rate(5, 60))
+    acme.addNetwork("acme", "192.0.2.0/24")
+    migrate(engine, "0001", command.downgrade)
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT name FROM tenants")) == "acme"
+    assert not {"usage", "client_networks", "blocked_domains"} & set(inspect(engine).get_table_names())
+    upgrade(engine)
+    assert acme.showTenant("acme").maxSize is None
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "max_size = 0",
+        "max_recipients = -1",
+        "max_concurrency = 0",
+        "rate_count = 5",
+        "rate_seconds = 60",
+        "rate_count = 0, rate_seconds = 60",
+        "rate_recipients_count = 5",
+        "rate_recipients_count = 5, rate_recipients_seconds = 0",
+    ],
+)
+def test_limitsChecked(acme, engine, assignment):
+    """The database itself refuses a limit below 1 and half a rate."""
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(f"UPDATE tenants SET {assignment}"))
+
+
 def test_foreignKeysCascade(acme):
-    """Deleting a tenant row deletes its logins, upstreams and domains (foreign keys enforced)."""
+    """Deleting a tenant row deletes every row that belongs to it (foreign keys enforced)."""
     acme.addLogin("acme", "bob", "pw")
     acme.addUpstream("acme", UPSTREAM, validate=acceptAll)
     acme.addDomain("acme", "acme.example")
+    acme.addNetwork("acme", "192.0.2.0/24")
+    acme.addBlockedDomain("acme", "bad.example")
+    acme.recordUsage([UsageDelta("acme", date(2025, 1, 1), relayed=1)])
     with acme._engine.begin() as connection:
         connection.execute(text("DELETE FROM tenants"))
-        tables = ("logins", "upstreams", "sender_domains")
+        tables = ("logins", "upstreams", "sender_domains", "client_networks", "blocked_domains", "usage")
         counts = [connection.scalar(text(f"SELECT count(*) FROM {table}")) for table in tables]
-    assert counts == [0, 0, 0]
+    assert counts == [0] * len(tables)
 
 
 def test_openEngineMalformed():
@@ -191,10 +227,10 @@ def test_showTenant(acme):
     acme.addDomain("acme", "acme.example")
     acme.addDomain("acme", "*.acme.example")
     shown = acme.showTenant("acme")
-    assert shown.logins == ("bob",)
+    assert [login.username for login in shown.logins] == ["bob"]
     assert shown.upstreams == (
-        UpstreamInfo(url="smtp://mx.acme.example", priority=5),
-        UpstreamInfo(url=REDACTED, priority=20),
+        UpstreamInfo(id=2, url="smtp://mx.acme.example", priority=5),
+        UpstreamInfo(id=1, url=REDACTED, priority=20),
     )
     assert shown.domains == ("*.acme.example", "acme.example")
     assert SECRET not in repr(shown)
@@ -230,7 +266,7 @@ def test_loginsCaseSensitive(acme):
     """User names differing only in case are different logins."""
     acme.addLogin("acme", "bob", "pw")
     acme.addLogin("acme", "Bob", "pw")
-    assert acme.showTenant("acme").logins == ("Bob", "bob")
+    assert [login.username for login in acme.showTenant("acme").logins] == ["Bob", "bob"]
 
 
 @pytest.mark.parametrize(
@@ -264,7 +300,7 @@ def test_upstreamSecretEncrypted(acme, keyRing):
 def test_addUpstreamResult(acme):
     """Adding an upstream answers its redacted URL and priority."""
     added = acme.addUpstream("acme", UPSTREAM, priority=0, validate=acceptAll)
-    assert added == UpstreamInfo(url=REDACTED, priority=0)
+    assert added == UpstreamInfo(id=1, url=REDACTED, priority=0)
 
 
 def test_upstreamValidated(acme):

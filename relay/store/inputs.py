@@ -5,21 +5,32 @@ the store keeps, or raises L{Invalid} saying what is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from relay.salesforce import normaliseOrgId
 from relay.store.errors import Invalid
+from relay.store.models import ACTIVE, SUSPENDED
+from relay.tenants import Rate
 
 __all__ = [
+    "blockedDomain",
     "company",
     "emailAddress",
+    "limit",
+    "network",
     "orgId",
     "password",
     "priority",
+    "rate",
     "senderDomain",
+    "status",
     "tenantName",
     "username",
 ]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4 addresses as IPv6 sockets see them, RFC 4291 §2.5.5.2
 
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -29,6 +40,9 @@ MAX_HOSTNAME = 253  # RFC 1035 §2.3.4, without the final dot
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_TEXT = 255
 MAX_PRIORITY = 65535  # as an MX preference, RFC 5321 §5.1
+STATUSES = (ACTIVE, SUSPENDED)
+MAX_INTEGER = 2**31 - 1  # an SQL INTEGER column
+MAX_BIG_INTEGER = 2**63 - 1  # an SQL BIGINT column
 
 
 def _isHostname(text: str) -> bool:
@@ -42,6 +56,13 @@ def tenantName(text: str) -> str:
             f"invalid tenant name {text!r}: use 1 to 63 lower-case letters, digits and '-', "
             "starting with a letter or digit"
         )
+    return text
+
+
+def status(text: str) -> str:
+    """A tenant's status: C{active} or C{suspended}."""
+    if text not in STATUSES:
+        raise Invalid(f"invalid status {text!r}: expected {' or '.join(STATUSES)}")
     return text
 
 
@@ -106,3 +127,50 @@ def senderDomain(text: str) -> str:
             f"invalid sender domain {text!r}: expected a domain name such as example.com or *.example.com"
         )
     return domain
+
+
+def blockedDomain(text: str) -> str:
+    """
+    A domain whose URLs are refused in message content, lower-cased: a host
+    name such as C{example.com}, which covers its subdomains too (so no
+    C{*.} form).
+    """
+    domain = text.strip().lower()
+    if domain.startswith("*.") and _isHostname(domain[2:]):
+        raise Invalid(f"invalid blocked domain {text!r}: {domain[2:]} covers its subdomains already")
+    if not _isHostname(domain):
+        raise Invalid(f"invalid blocked domain {text!r}: expected a domain name such as example.com")
+    return domain
+
+
+def network(text: str) -> IPNetwork:
+    """
+    A client network in CIDR form (C{192.0.2.0/24}, C{2001:db8::/48}); an
+    address alone is its C{/32} or C{/128}.  Host bits must be zero, so that
+    a typo does not silently widen or move the network.
+    """
+    address = text.strip()
+    try:
+        meant = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        raise Invalid(f"invalid network {text!r}: expected CIDR such as 192.0.2.0/24 or 2001:db8::/48") from None
+    if meant.version == 6 and meant.subnet_of(IPV4_MAPPED):
+        mapped = ipaddress.ip_network(f"{meant.network_address.ipv4_mapped}/{meant.prefixlen - 96}")
+        raise Invalid(f"invalid network {text!r}: IPv4 clients are listed as IPv4 networks; did you mean {mapped}?")
+    if meant.network_address != ipaddress.ip_address(address.partition("/")[0]):
+        raise Invalid(f"invalid network {text!r}: it has host bits set; did you mean {meant}?")
+    return meant
+
+
+def limit(number: int | None, what: str, maximum: int = MAX_INTEGER) -> int | None:
+    """A limit of at least 1, or C{None} (not set)."""
+    if number is not None and not 0 < number <= maximum:
+        raise Invalid(f"invalid {what} {number}: expected 1 to {maximum}, or none")
+    return number
+
+
+def rate(budget: Rate | None, what: str) -> Rate | None:
+    """A rate of at least 1 per period (both fitting an SQL INTEGER), or C{None} (not set)."""
+    if budget is not None and not (0 < budget.count <= MAX_INTEGER and budget.seconds <= MAX_INTEGER):
+        raise Invalid(f"invalid {what} {budget}: expected 1 to {MAX_INTEGER} per period up to {MAX_INTEGER}s")
+    return budget

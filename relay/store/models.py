@@ -7,11 +7,13 @@ C{tests/test_store.py} checks that the migrations build exactly these tables.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Integer,
@@ -19,11 +21,22 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "Login", "SenderDomain", "StoreGeneration", "Tenant", "UpstreamRecord"]
+__all__ = [
+    "Base",
+    "BlockedDomain",
+    "ClientNetwork",
+    "Login",
+    "SenderDomain",
+    "StoreGeneration",
+    "Tenant",
+    "UpstreamRecord",
+    "Usage",
+]
 
 ACTIVE = "active"
 SUSPENDED = "suspended"
@@ -51,6 +64,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _positive(column: str) -> CheckConstraint:
+    """A check that a column, when set, is above zero (named C{ck_tenants_COLUMN})."""
+    return CheckConstraint(f"{column} > 0", name=column)
+
+
+def _pairedWith(column: str, other: str) -> CheckConstraint:
+    """A check that two columns (a rate's count and period) are set together or not at all."""
+    return CheckConstraint(f"({column} IS NULL) = ({other} IS NULL)", name=f"{column}_paired")
+
+
 class Base(DeclarativeBase):
     """The models' base, naming constraints the way the migrations do."""
 
@@ -66,7 +89,11 @@ class Base(DeclarativeBase):
 
 
 class Tenant(Base):
-    """A customer: the owner of logins, upstreams and sender domains."""
+    """
+    A customer: the owner of logins, upstreams, sender domains, client
+    networks, blocked domains and usage.  A limit that is C{NULL} is not
+    set; a rate is a count per period in seconds, both set or neither.
+    """
 
     __tablename__ = "tenants"
     __table_args__ = (CheckConstraint(f"status IN ('{ACTIVE}', '{SUSPENDED}')", name="status"),)
@@ -78,6 +105,18 @@ class Tenant(Base):
     org_id: Mapped[str | None] = mapped_column(String(18))
     status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    max_size: Mapped[int | None] = mapped_column(BigInteger, _positive("max_size"))
+    max_recipients: Mapped[int | None] = mapped_column(Integer, _positive("max_recipients"))
+    rate_count: Mapped[int | None] = mapped_column(Integer, _positive("rate_count"))
+    rate_seconds: Mapped[int | None] = mapped_column(
+        Integer, _positive("rate_seconds"), _pairedWith("rate_seconds", "rate_count")
+    )
+    rate_recipients_count: Mapped[int | None] = mapped_column(Integer, _positive("rate_recipients_count"))
+    rate_recipients_seconds: Mapped[int | None] = mapped_column(
+        Integer, _positive("rate_recipients_seconds"), _pairedWith("rate_recipients_seconds", "rate_recipients_count")
+    )
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, _positive("max_concurrency"))
+    allow_bounces: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     logins: Mapped[list[Login]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", passive_deletes=True, order_by="Login.username"
@@ -90,6 +129,12 @@ class Tenant(Base):
     )
     domains: Mapped[list[SenderDomain]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", passive_deletes=True, order_by="SenderDomain.domain"
+    )
+    networks: Mapped[list[ClientNetwork]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="ClientNetwork.network"
+    )
+    blocklist: Mapped[list[BlockedDomain]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="BlockedDomain.domain"
     )
 
 
@@ -124,17 +169,63 @@ class UpstreamRecord(Base):
     tenant: Mapped[Tenant] = relationship(back_populates="upstreams")
 
 
-class SenderDomain(Base):
+class _TenantListed:
+    """A row of one of a tenant's lists (deleted with the tenant); each list holds a value once."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+
+
+class SenderDomain(_TenantListed, Base):
     """A domain a tenant may send from: C{example.com}, or C{*.example.com} for its subdomains."""
 
     __tablename__ = "sender_domains"
     __table_args__ = (UniqueConstraint("tenant_id", "domain"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     domain: Mapped[str] = mapped_column(String(255))
 
     tenant: Mapped[Tenant] = relationship(back_populates="domains")
+
+
+class ClientNetwork(_TenantListed, Base):
+    """
+    A network a tenant's clients connect from, in normalised CIDR form
+    (C{192.0.2.0/24}, C{2001:db8::/48}).  C{no_auth}: clients from it act
+    as the tenant without AUTH; otherwise it restricts where AUTH is
+    accepted from.
+    """
+
+    __tablename__ = "client_networks"
+    __table_args__ = (UniqueConstraint("tenant_id", "network"),)
+
+    network: Mapped[str] = mapped_column(String(43))  # the longest IPv6 address (39) and "/128"
+    no_auth: Mapped[bool] = mapped_column(Boolean)
+
+
+class BlockedDomain(_TenantListed, Base):
+    """A domain whose URLs are refused in a tenant's messages: it and its subdomains."""
+
+    __tablename__ = "blocked_domains"
+    __table_args__ = (UniqueConstraint("tenant_id", "domain"),)
+
+    domain: Mapped[str] = mapped_column(String(255))
+
+
+class Usage(Base):
+    """
+    What a tenant relayed on one day (UTC).  Not configuration: changing it
+    does not increment the store generation.
+    """
+
+    __tablename__ = "usage"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    messages_relayed: Mapped[int] = mapped_column(BigInteger, default=0)
+    recipients_relayed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_relayed: Mapped[int] = mapped_column(BigInteger, default=0)
+    messages_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    messages_failed: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class StoreGeneration(Base):

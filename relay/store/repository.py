@@ -2,28 +2,46 @@
 The store's operations: what the admin CLI (and later the management API)
 changes, and the snapshot the relay loads.
 
-Every method is one transaction and returns plain values.  Every change also
-increments the store generation in its transaction; the relay polls
-L{Store.generation} to know when to reload L{Store.loadSnapshot}.
+Every method is one transaction and returns plain values.  Every change of
+configuration also increments the store generation in its transaction; the
+relay polls L{Store.generation} to know when to reload L{Store.loadSnapshot}.
+Usage (L{Store.recordUsage}) is not configuration and leaves it alone.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import date
+from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relay import passwords, tenants
-from relay.store import inputs
+from relay.store import inputs, networks
 from relay.store.database import snapshotEngine
 from relay.store.errors import Conflict, Invalid, NotFound, UndecryptableSecret
-from relay.store.models import ACTIVE, Login, SenderDomain, StoreGeneration, Tenant, UpstreamRecord
+from relay.store.models import (
+    ACTIVE,
+    Base,
+    BlockedDomain,
+    ClientNetwork,
+    Login,
+    SenderDomain,
+    StoreGeneration,
+    Tenant,
+    UpstreamRecord,
+)
 from relay.store.secrets import KeyRing
-from relay.store.values import TenantDetails, TenantInfo, UpstreamInfo
+from relay.store.usage import addUsage, readUsage
+from relay.store.values import NetworkInfo, SecretRotation, TenantDetails, TenantExport, TenantInfo, UpstreamInfo
+from relay.store.views import details, relayTenant, tenantInfo, upstreamInfo
+from relay.tenants import Rate
 from relay.urls import UpstreamURL
+from relay.usage import UsageDelta, UsageRow
 
 __all__ = ["Store"]
 
@@ -34,6 +52,32 @@ _QUOTED_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
 def _withoutPassword(message: str) -> str:
     """An error message about a URL, with any password in it replaced by C{***}."""
     return _QUOTED_PASSWORD.sub(r"\1***@", message)
+
+
+def _rateColumns(prefix: str, rate: Rate | None) -> dict[str, int | None]:
+    """The count and period columns of a rate (C{None}: neither set)."""
+    return {f"{prefix}_count": rate and rate.count, f"{prefix}_seconds": rate and rate.seconds}
+
+
+def _allowBounces(value: object) -> dict[str, bool]:
+    if not isinstance(value, bool):
+        raise Invalid(f"invalid bounce setting {value!r}: expected yes or no")
+    return {"allow_bounces": value}
+
+
+# What Store.setTenant changes: the columns each keyword sets, from its checked value.
+_SETTINGS: dict[str, Callable[[Any], dict[str, object]]] = {
+    "email": lambda value: {"email": inputs.emailAddress(value)},
+    "company": lambda value: {"company": inputs.company(value)},
+    "orgId": lambda value: {"org_id": inputs.orgId(value)},
+    "status": lambda value: {"status": inputs.status(value)},
+    "maxSize": lambda value: {"max_size": inputs.limit(value, "maximum message size", inputs.MAX_BIG_INTEGER)},
+    "maxRecipients": lambda value: {"max_recipients": inputs.limit(value, "maximum recipients")},
+    "rate": lambda value: _rateColumns("rate", inputs.rate(value, "rate")),
+    "rateRecipients": lambda value: _rateColumns("rate_recipients", inputs.rate(value, "recipient rate")),
+    "maxConcurrency": lambda value: {"max_concurrency": inputs.limit(value, "maximum concurrency")},
+    "allowBounces": _allowBounces,
+}
 
 
 class Store:
@@ -51,17 +95,21 @@ class Store:
         self._keyRing = keyRing
 
     @contextmanager
-    def _changing(self) -> Iterator[Session]:
+    def _changing(self, bump: bool = True) -> Iterator[Session]:
         """
         A transaction that changes the store.  It first increments the
         generation, which locks that row until commit: changes are
         serialised, so a check made inside one still holds at its commit.
+
+        @param bump: C{False} for a change the relay's snapshot does not
+            show (or not always): it takes the lock all the same, and may
+            L{_bump} later.
         """
         with Session(self._engine) as session, session.begin():
-            session.execute(
-                update(StoreGeneration).where(StoreGeneration.id == 1).values(value=StoreGeneration.value + 1)
-            )
+            _bump(session, int(bump))
             yield session
+
+    # Tenants
 
     def addTenant(self, name: str, email: str, company: str, orgId: str | None = None) -> TenantInfo:
         """
@@ -85,29 +133,81 @@ class Store:
                 raise Conflict(f"tenant {tenant.name!r} already exists")
             session.add(tenant)
             session.flush()
-            return _tenantInfo(tenant)
+            return tenantInfo(tenant)
+
+    def setTenant(self, name: str, **changes: Any) -> TenantDetails:
+        """
+        Change a tenant's fields and settings; the others stay as they are.
+
+        @param changes: any of C{email}, C{company}, C{orgId} (C{None}
+            clears it), C{status} (C{"active"} or C{"suspended"}), the
+            limits C{maxSize}, C{maxRecipients}, C{maxConcurrency} (a
+            positive C{int}, or C{None} to clear it), the rates C{rate},
+            C{rateRecipients} (a L{Rate} of at least 1, or C{None}), and
+            C{allowBounces} (C{bool}).
+        @return: the tenant as changed.
+        @raise TypeError: an unknown keyword.
+        @raise Invalid: no change, or a bad value.
+        @raise NotFound: there is no such tenant.
+        """
+        unknown = set(changes) - set(_SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown tenant settings: {', '.join(sorted(unknown))}")
+        if not changes:
+            raise Invalid("nothing to change")
+        columns = {column: value for key, item in changes.items() for column, value in _SETTINGS[key](item).items()}
+        with self._changing() as session:
+            tenant = _findTenant(session, name)
+            for column, value in columns.items():
+                setattr(tenant, column, value)
+            session.flush()
+            return details(tenant)
 
     def listTenants(self) -> list[TenantInfo]:
         """Every tenant, by name."""
         with Session(self._engine) as session, session.begin():
-            return [_tenantInfo(tenant) for tenant in session.scalars(select(Tenant).order_by(Tenant.name))]
+            return [tenantInfo(tenant) for tenant in session.scalars(select(Tenant).order_by(Tenant.name))]
 
     def showTenant(self, name: str) -> TenantDetails:
         """
-        A tenant with its logins, upstreams (passwords redacted) and domains.
+        A tenant with its settings, logins, upstreams (passwords redacted),
+        domains, networks and blocklist.
+
+        @raise NotFound: there is no such tenant.
+        """
+        with Session(self._snapshotEngine) as session, session.begin():
+            return details(_findTenant(session, name))
+
+    def exportTenant(self, name: str) -> TenantExport:
+        """
+        Everything stored about a tenant, as of one moment: its details and
+        its usage.  Password hashes and upstream passwords are left out.
 
         @raise NotFound: there is no such tenant.
         """
         with Session(self._snapshotEngine) as session, session.begin():
             tenant = _findTenant(session, name)
-            return TenantDetails(
-                **_tenantFields(tenant),
-                logins=tuple(login.username for login in tenant.logins),
-                upstreams=tuple(
-                    UpstreamInfo(url=_shownURL(record), priority=record.priority) for record in tenant.upstreams
-                ),
-                domains=tuple(domain.domain for domain in tenant.domains),
-            )
+            return TenantExport(tenant=details(tenant), usage=tuple(readUsage(session, tenant.id, None)))
+
+    def deleteTenant(self, name: str) -> dict[str, int]:
+        """
+        Delete a tenant and every row about it, usage included: nothing
+        about it remains.
+
+        @return: how many rows were deleted from each table but C{tenants}.
+        @raise NotFound: there is no such tenant.
+        """
+        with self._changing() as session:
+            tenantId = _findTenant(session, name).id
+            deleted = {
+                table.name: session.execute(delete(table).where(table.c.tenant_id == tenantId)).rowcount
+                for table in reversed(Base.metadata.sorted_tables)
+                if "tenant_id" in table.c
+            }
+            session.execute(delete(Tenant).where(Tenant.id == tenantId))
+        return deleted
+
+    # Logins
 
     def addLogin(self, tenant: str, username: str, password: str) -> None:
         """
@@ -126,6 +226,39 @@ class Store:
             if taken is not None:
                 raise Conflict(f"login {username!r} already exists (tenant {taken!r})")
             session.add(Login(tenant=owner, username=username, password_hash=passwordHash))
+
+    def removeLogin(self, tenant: str, username: str) -> None:
+        """
+        Take SMTP credentials away from a tenant.
+
+        @raise NotFound: there is no such tenant, or it has no such login.
+        """
+        self._remove(tenant, Login.username, username, "login")
+
+    def upgradePasswordHash(self, username: str, oldHash: str, newHash: str) -> bool:
+        """
+        Replace a login's password hash by one of the current parameters
+        (L{passwords.needsRehash}), after a successful login verified the
+        password against C{oldHash}: only if the stored hash is still
+        C{oldHash}, so a password changed meanwhile is not undone.
+
+        @return: whether the hash was replaced (the generation is then
+            incremented).
+        @raise Invalid: C{newHash} is not a hash of the current parameters.
+        """
+        if passwords.needsRehash(newHash):
+            raise Invalid("the new password hash is not a hash of the current parameters")
+        with self._changing(bump=False) as session:
+            replaced = session.execute(
+                update(Login)
+                .where(Login.username == username, Login.password_hash == oldHash)
+                .values(password_hash=newHash)
+            ).rowcount
+            if replaced:
+                _bump(session)
+        return bool(replaced)
+
+    # Upstreams
 
     def addUpstream(
         self, tenant: str, url: str, priority: int = 10, *, validate: Callable[[UpstreamURL], object]
@@ -151,10 +284,56 @@ class Store:
         secret = None if parsed.password is None else self._keyRing.encrypt(parsed.password)
         with self._changing() as session:
             owner = _findTenant(session, tenant)
-            session.add(
-                UpstreamRecord(tenant=owner, url=parsed.withoutPassword().unparse(), secret=secret, priority=priority)
+            record = UpstreamRecord(
+                tenant=owner, url=parsed.withoutPassword().unparse(), secret=secret, priority=priority
             )
-        return UpstreamInfo(url=parsed.redacted(), priority=priority)
+            session.add(record)
+            session.flush()
+            return upstreamInfo(record)
+
+    def removeUpstream(self, tenant: str, upstream: str) -> UpstreamInfo:
+        """
+        Remove an upstream from a tenant.
+
+        @param upstream: its id (as L{showTenant} gives it, C{3} or C{#3}),
+            or its URL, with its password, C{***} for it, or none.
+        @return: the upstream removed, password redacted.
+        @raise NotFound: there is no such tenant, or it has no such upstream.
+        @raise Invalid: a malformed URL, or one that several upstreams of
+            the tenant have (give the id).
+        """
+        shown, matches = _upstreamSelector(upstream)
+        with self._changing() as session:
+            owner = _findTenant(session, tenant)
+            found = [record for record in owner.upstreams if matches(record)]
+            if not found:
+                raise NotFound(f"tenant {tenant!r} has no upstream {shown}")
+            if len(found) > 1:
+                ids = ", ".join(str(record.id) for record in found)
+                raise Invalid(f"upstreams {ids} of tenant {tenant!r} are {shown}: give the id to remove one")
+            session.delete(found[0])
+            return upstreamInfo(found[0])
+
+    def reencryptSecrets(self) -> SecretRotation:
+        """
+        Encrypt every stored upstream password again with the primary key
+        (after L{relay.store.secrets.rotate}), in one transaction.  The
+        generation is left alone: the passwords, as the relay sees them, do
+        not change.
+        """
+        reencrypted, undecryptable = 0, []
+        with self._changing(bump=False) as session:
+            records = session.scalars(select(UpstreamRecord).where(UpstreamRecord.secret.is_not(None)))
+            for record in records:
+                try:
+                    record.secret = self._keyRing.reencrypt(record.secret)
+                except UndecryptableSecret:
+                    undecryptable.append(record.id)
+                else:
+                    reencrypted += 1
+        return SecretRotation(reencrypted=reencrypted, undecryptable=tuple(undecryptable))
+
+    # Sender domains and the blocklist
 
     def addDomain(self, tenant: str, domain: str) -> str:
         """
@@ -167,16 +346,127 @@ class Store:
         @raise Invalid: it is not a domain name (or C{*.} and one).
         @raise Conflict: the tenant already has it.
         """
-        domain = inputs.senderDomain(domain)
+        return self._addDomain(tenant, SenderDomain, inputs.senderDomain(domain), "allowed")
+
+    def removeDomain(self, tenant: str, domain: str) -> str:
+        """
+        No longer allow a tenant to send from a domain.
+
+        @return: the domain as it was kept.
+        @raise NotFound: there is no such tenant, or it has not that domain.
+        @raise Invalid: it is not a sender domain.
+        """
+        return self._remove(tenant, SenderDomain.domain, inputs.senderDomain(domain), "sender domain")
+
+    def addBlockedDomain(self, tenant: str, domain: str) -> str:
+        """
+        Refuse a tenant's messages whose content has a URL of a domain or of
+        any of its subdomains.
+
+        @return: the domain as kept, lower case.
+        @raise NotFound: there is no such tenant.
+        @raise Invalid: it is not a domain name.
+        @raise Conflict: the tenant already blocks it.
+        """
+        return self._addDomain(tenant, BlockedDomain, inputs.blockedDomain(domain), "blocked")
+
+    def removeBlockedDomain(self, tenant: str, domain: str) -> str:
+        """
+        Take a domain off a tenant's blocklist.
+
+        @return: the domain as it was kept.
+        @raise NotFound: there is no such tenant, or it does not block it.
+        @raise Invalid: it is not a domain name.
+        """
+        return self._remove(tenant, BlockedDomain.domain, inputs.blockedDomain(domain), "blocked domain")
+
+    def _addDomain(self, tenant: str, model: type[SenderDomain | BlockedDomain], domain: str, listed: str) -> str:
+        """Add a checked domain to a tenant's domains of one kind, unless it is there."""
         with self._changing() as session:
             owner = _findTenant(session, tenant)
-            if domain in {row.domain for row in owner.domains}:
-                raise Conflict(f"domain {domain!r} already allowed for tenant {tenant!r}")
-            session.add(SenderDomain(tenant=owner, domain=domain))
+            if session.scalar(select(model.id).where(model.tenant_id == owner.id, model.domain == domain)):
+                raise Conflict(f"domain {domain!r} already {listed} for tenant {tenant!r}")
+            session.add(model(tenant_id=owner.id, domain=domain))
         return domain
 
+    # Client networks
+
+    def addNetwork(self, tenant: str, network: str, noAuth: bool = False) -> NetworkInfo:
+        """
+        Add a client network to a tenant, under the rules of
+        L{relay.store.networks}.  The check sees every other network as of
+        its commit: changes are serialised.
+
+        @param network: CIDR without host bits, such as C{192.0.2.0/24}.
+        @param noAuth: its clients act as the tenant without AUTH.
+        @raise NotFound: there is no such tenant.
+        @raise Invalid: a malformed network, or a no-auth one too wide.
+        @raise Conflict: the tenant has it, or it overlaps another tenant's
+            network where either is no-auth.
+        """
+        parsed = inputs.network(network)
+        with self._changing() as session:
+            owner = _findTenant(session, tenant)
+            stored = session.execute(select(Tenant.name, ClientNetwork.network, ClientNetwork.no_auth).join(Tenant))
+            networks.checkNetwork(
+                owner.name, parsed, noAuth, ((name, ipaddress.ip_network(text), flag) for name, text, flag in stored)
+            )
+            session.add(ClientNetwork(tenant_id=owner.id, network=str(parsed), no_auth=noAuth))
+        return NetworkInfo(network=str(parsed), noAuth=noAuth)
+
+    def removeNetwork(self, tenant: str, network: str) -> str:
+        """
+        Remove a client network from a tenant.
+
+        @return: the network as it was kept.
+        @raise NotFound: there is no such tenant, or it has no such network.
+        @raise Invalid: a malformed network.
+        """
+        return self._remove(tenant, ClientNetwork.network, str(inputs.network(network)), "network")
+
+    def _remove(self, tenant: str, column, value: str, what: str) -> str:
+        """
+        Delete a tenant's row whose C{column} has C{value}.
+
+        @return: C{value}.
+        @raise NotFound: there is no such tenant, or no such row.
+        """
+        model = column.class_
+        with self._changing() as session:
+            owner = _findTenant(session, tenant)
+            if not session.execute(delete(model).where(model.tenant_id == owner.id, column == value)).rowcount:
+                raise NotFound(f"tenant {tenant!r} has no {what} {value!r}")
+        return value
+
+    # Usage
+
+    def recordUsage(self, rows: Iterable[UsageDelta]) -> None:
+        """
+        Add usage to the daily totals, in one transaction, whatever other
+        instances add at the same time.  Deltas of unknown tenants (deleted
+        since) are skipped.  The generation is left alone.
+
+        @raise Invalid: a negative count (nothing is recorded).
+        """
+        with self._engine.begin() as connection:
+            addUsage(connection, rows)
+
+    def usage(self, tenant: str | None = None, since: date | None = None) -> list[UsageRow]:
+        """
+        The daily totals, by tenant name and day.
+
+        @param tenant: only this tenant's.
+        @param since: only from this day on.
+        @raise NotFound: there is no such tenant.
+        """
+        with Session(self._snapshotEngine) as session, session.begin():
+            tenantId = None if tenant is None else _findTenant(session, tenant).id
+            return readUsage(session, tenantId, since)
+
+    # The relay's view
+
     def generation(self) -> int:
-        """The store generation: it increases with every change."""
+        """The store generation: it increases with every change of configuration."""
         with Session(self._engine) as session, session.begin():
             return session.scalar(select(StoreGeneration.value))
 
@@ -185,27 +475,23 @@ class Store:
         Everything the relay needs, as of one generation: all read in one
         transaction, so the data is exactly that of the generation.
 
-        Upstream passwords are decrypted.  An upstream whose URL cannot be
-        parsed or whose password cannot be decrypted is left out, and said
-        in L{relay.tenants.Snapshot.problems}: one tenant's damaged row does
-        not stop the relay from loading the others.
+        Upstream passwords are decrypted.  What cannot be read is left out
+        and said in L{relay.tenants.Snapshot.problems} (see
+        L{relay.store.views.relayTenant}): one tenant's damaged row does not
+        stop the relay from loading the others.
         """
         problems: list[str] = []
         with Session(self._snapshotEngine) as session, session.begin():
             generation = session.scalar(select(StoreGeneration.value))
             rows = session.scalars(
-                select(Tenant).options(selectinload(Tenant.upstreams), selectinload(Tenant.domains))
-            )
-            loaded = {
-                row.name: tenants.Tenant(
-                    name=row.name,
-                    active=row.status == ACTIVE,
-                    orgId=row.org_id,
-                    upstreams=tuple(self._upstreams(row, problems)),
-                    domains=frozenset(domain.domain for domain in row.domains),
+                select(Tenant).options(
+                    selectinload(Tenant.upstreams),
+                    selectinload(Tenant.domains),
+                    selectinload(Tenant.networks),
+                    selectinload(Tenant.blocklist),
                 )
-                for row in rows
-            }
+            )
+            loaded = {row.name: relayTenant(row, self._keyRing, problems) for row in rows}
             logins = {
                 username: tenants.Login(username=username, tenant=owner, passwordHash=passwordHash)
                 for username, owner, passwordHash in session.execute(
@@ -214,16 +500,29 @@ class Store:
             }
         return tenants.Snapshot(generation=generation, tenants=loaded, logins=logins, problems=tuple(problems))
 
-    def _upstreams(self, tenant: Tenant, problems: list[str]) -> Iterator[tenants.Upstream]:
-        """A tenant's usable upstreams, in priority order; the others go to C{problems}."""
-        for record in tenant.upstreams:
-            try:
-                url = UpstreamURL.parse(record.url)
-                password = None if record.secret is None else self._keyRing.decrypt(record.secret)
-            except (ValueError, UndecryptableSecret) as e:
-                problems.append(f"tenant {tenant.name!r}: upstream {record.id} left out: {e}")
-                continue
-            yield tenants.Upstream(url=url.withPassword(password), priority=record.priority)
+
+
+def _upstreamSelector(upstream: str) -> tuple[str, Callable[[UpstreamRecord], bool]]:
+    """
+    How to show, and how to find, the upstream an operator names: by id
+    (C{3} or C{#3}), or by URL whatever its password.
+
+    @raise Invalid: a malformed URL.
+    """
+    number = upstream.removeprefix("#")
+    if number.isdigit():
+        return f"#{number}", lambda record: record.id == int(number)
+    try:
+        parsed = UpstreamURL.parse(upstream)
+    except ValueError as e:
+        raise Invalid(_withoutPassword(str(e))) from None
+    stored = parsed.withoutPassword().unparse()
+    return parsed.redacted(), lambda record: record.url == stored
+
+
+def _bump(session: Session, by: int = 1) -> None:
+    """Add to the store generation (0: nothing), locking its row until the transaction ends."""
+    session.execute(update(StoreGeneration).where(StoreGeneration.id == 1).values(value=StoreGeneration.value + by))
 
 
 def _findTenant(session: Session, name: str) -> Tenant:
@@ -234,25 +533,3 @@ def _findTenant(session: Session, name: str) -> Tenant:
     if tenant is None:
         raise NotFound(f"unknown tenant {name!r}")
     return tenant
-
-
-def _tenantFields(tenant: Tenant) -> dict[str, object]:
-    return {
-        "name": tenant.name,
-        "email": tenant.email,
-        "company": tenant.company,
-        "orgId": tenant.org_id,
-        "status": tenant.status,
-        "createdAt": tenant.created_at,
-    }
-
-
-def _tenantInfo(tenant: Tenant) -> TenantInfo:
-    return TenantInfo(**_tenantFields(tenant))
-
-
-def _shownURL(record: UpstreamRecord) -> str:
-    """An upstream's URL as operators see it: C{***} where its password is."""
-    if record.secret is None:
-        return record.url
-    return UpstreamURL.parse(record.url).withPassword("").redacted()

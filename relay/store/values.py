@@ -8,7 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["TenantDetails", "TenantInfo", "UpstreamInfo"]
+from relay.tenants import Rate
+from relay.usage import UsageRow
+
+__all__ = [
+    "LoginInfo",
+    "NetworkInfo",
+    "SecretRotation",
+    "TenantDetails",
+    "TenantExport",
+    "TenantInfo",
+    "UpstreamInfo",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,28 +41,101 @@ class TenantInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoginInfo:
+    """
+    One login as shown to operators: never its password hash.
+
+    @ivar createdAt: when it was added (UTC).
+    """
+
+    username: str
+    createdAt: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamInfo:
     """
     One upstream as shown to operators.
 
+    @ivar id: names it to C{upstream remove}.
     @ivar url: the URL with its password redacted (C{***}).
     @ivar priority: lowest is tried first.
     """
 
+    id: int
     url: str
     priority: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkInfo:
+    """
+    A client network of a tenant.
+
+    @ivar network: normalised CIDR, such as C{192.0.2.0/24}.
+    @ivar noAuth: clients from it need no AUTH.
+    """
+
+    network: str
+    noAuth: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TenantDetails(TenantInfo):
     """
-    A tenant with what belongs to it.
+    A tenant with its settings and what belongs to it.  A limit or rate of
+    C{None} is not set (the relay's own limit applies).
 
-    @ivar logins: the user names, sorted.
+    @ivar maxSize: largest message in octets.
+    @ivar maxRecipients: recipients per message.
+    @ivar rate: messages per period.
+    @ivar rateRecipients: recipients per period.
+    @ivar maxConcurrency: transactions in flight at once.
+    @ivar allowBounces: the null sender C{<>} is allowed.
+    @ivar logins: by user name.
     @ivar upstreams: in the order they are tried.
     @ivar domains: the allowed sender domains, sorted.
+    @ivar networks: the client networks, sorted.
+    @ivar blocklist: the domains refused in URLs of message content, sorted.
     """
 
-    logins: tuple[str, ...]
+    maxSize: int | None
+    maxRecipients: int | None
+    rate: Rate | None
+    rateRecipients: Rate | None
+    maxConcurrency: int | None
+    allowBounces: bool
+    logins: tuple[LoginInfo, ...]
     upstreams: tuple[UpstreamInfo, ...]
     domains: tuple[str, ...]
+    networks: tuple[NetworkInfo, ...]
+    blocklist: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantExport:
+    """
+    Everything stored about a tenant, for a data subject's request: its
+    details and its usage by day.
+
+    @ivar redacted: what is withheld: login password hashes (C{logins} carry
+        none) and upstream passwords (C{***} in their URLs).
+    """
+
+    tenant: TenantDetails
+    usage: tuple[UsageRow, ...]
+    redacted: tuple[str, ...] = ("login password hashes", "upstream passwords")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretRotation:
+    """
+    What re-encrypting the stored secrets did.
+
+    @ivar reencrypted: how many secrets now use the primary key.
+    @ivar undecryptable: the ids of the upstreams whose secret no key
+        decrypts, left as they were.
+    """
+
+    reencrypted: int
+    undecryptable: tuple[int, ...]

@@ -35,21 +35,30 @@ from relay.upstreams import UpstreamContext, UpstreamError
 from relay.upstreams.smtpclient import SMTPClientProtocol, SMTPSession
 from relay.urls import UpstreamURL
 
-__all__ = ["SMTPUpstreamType", "connectSMTP"]
+__all__ = [
+    "SMTPUpstreamType",
+    "clientTLSOptions",
+    "connectSMTP",
+    "replyTimeout",
+    "tcpEndpoint",
+    "validateOptions",
+    "validateServerURL",
+]
 
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465, "lmtp": 24}
 OPTIONS = {"verify", "ca", "timeout", "auth"}
 
 
-def validateOptions(url: UpstreamURL) -> None:
+def validateOptions(url: UpstreamURL, known: frozenset[str] | set[str] = OPTIONS) -> None:
     """
-    Check the query options shared by the SMTP and LMTP types.
+    Check the query options shared by the SMTP, LMTP and webhook types.
 
+    @param known: the options this URL may have.
     @raise ValueError: an option is unknown or has a bad value.
     """
-    unknown = set(url.options) - OPTIONS
+    unknown = set(url.options) - known
     if unknown:
-        raise ValueError(f"unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(OPTIONS))})")
+        raise ValueError(f"unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
     if url.option("verify", "yes") not in ("yes", "no"):
         raise ValueError("verify must be yes or no")
     if "ca" in url.options and not os.path.isfile(url.options["ca"]):
@@ -65,8 +74,17 @@ def validateOptions(url: UpstreamURL) -> None:
         raise ValueError("a password needs a user name")
 
 
-def _tlsOptions(url: UpstreamURL):
-    """The client TLS settings for an upstream URL: verified unless told not to."""
+def replyTimeout(url: UpstreamURL, context: UpstreamContext) -> float:
+    """Seconds to wait for the upstream: the URL's C{?timeout=} or the relay's default."""
+    return float(url.option("timeout", str(context.timeout)))
+
+
+def clientTLSOptions(url: UpstreamURL):
+    """
+    The client TLS settings for an upstream URL: the certificate of
+    C{url.host} verified (against C{?ca=} or the platform's trust roots)
+    unless C{?verify=no}; TLS 1.2 at least.
+    """
     if url.option("verify", "yes") == "no":
         return CertificateOptions(raiseMinimumTo=MINIMUM_TLS)
     if "ca" in url.options:
@@ -75,6 +93,29 @@ def _tlsOptions(url: UpstreamURL):
     else:
         trust = platformTrust()
     return optionsForClientTLS(url.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS})
+
+
+def validateServerURL(url: UpstreamURL, schemes: tuple[str, ...], protocol: str) -> None:
+    """
+    Check a C{scheme://[user:pass@]host[:port][?options]} URL of the SMTP or
+    LMTP types.
+
+    @param protocol: the protocol's name, for messages.
+    @raise ValueError: with the reason.
+    """
+    if url.scheme not in schemes:
+        raise ValueError(f"not an {protocol} URL: {url.scheme}")
+    if not url.host:
+        raise ValueError(f"an {protocol} upstream needs a host")
+    if url.path not in ("", "/"):
+        raise ValueError(f"an {protocol} upstream URL has no path")
+    validateOptions(url)
+
+
+def tcpEndpoint(url: UpstreamURL, context: UpstreamContext) -> tuple[HostnameEndpoint, str]:
+    """The endpoint for C{url.host} and the port (or the scheme's default), and its name for logs."""
+    port = url.port or DEFAULT_PORTS[url.scheme]
+    return HostnameEndpoint(context.reactor, url.host, port, timeout=replyTimeout(url, context)), f"{url.host}:{port}"
 
 
 async def _ehlo(protocol: SMTPClientProtocol, greet: bytes) -> dict[str, str]:
@@ -110,7 +151,14 @@ async def _authenticate(protocol: SMTPClientProtocol, extensions: dict[str, str]
 
 
 async def connectSMTP(
-    endpoint, peer: str, url: UpstreamURL, context: UpstreamContext, upstreamType: str, greet: bytes
+    endpoint,
+    peer: str,
+    url: UpstreamURL,
+    context: UpstreamContext,
+    upstreamType: str,
+    greet: bytes,
+    session: type[SMTPSession] = SMTPSession,
+    startTLS: bool = True,
 ) -> SMTPSession:
     """
     Connect, read the greeting, say EHLO (or LHLO), negotiate TLS as the URL
@@ -118,8 +166,11 @@ async def connectSMTP(
 
     @param peer: where the endpoint leads, for messages.
     @param greet: the greeting command line, C{b"EHLO name"} or C{b"LHLO name"}.
+    @param session: the session class to make of the connection.
+    @param startTLS: use STARTTLS when offered (or required by the scheme);
+        C{False} on a local socket, where there is no host name to verify.
     """
-    timeout = float(url.option("timeout", str(context.timeout)))
+    timeout = replyTimeout(url, context)
     factory = Factory.forProtocol(lambda: SMTPClientProtocol(context.reactor, timeout))
     factory.noisy = False
     try:
@@ -132,13 +183,13 @@ async def connectSMTP(
             raise UpstreamError("refused", f"upstream greeted us with {greeting.code} {greeting.text}", greeting)
         extensions = await _ehlo(protocol, greet)
         secure = url.scheme == "smtps"
-        if not secure and (url.scheme.endswith("+starttls") or "STARTTLS" in extensions):
+        if startTLS and not secure and (url.scheme.endswith("+starttls") or "STARTTLS" in extensions):
             if "STARTTLS" not in extensions:
                 raise UpstreamError("tls", f"{peer} does not offer STARTTLS")
             reply = await protocol.send(b"STARTTLS", discardAfter=True)
             if reply.code != 220:
                 raise UpstreamError("tls", f"{peer} refused STARTTLS: {reply.code} {reply.text}", reply)
-            protocol.transport.startTLS(_tlsOptions(url))
+            protocol.transport.startTLS(clientTLSOptions(url))
             secure = True
             extensions = await _ehlo(protocol, greet)
         if url.username is not None:
@@ -148,7 +199,8 @@ async def connectSMTP(
     except UpstreamError:
         protocol.abort("setup failed")
         raise
-    return SMTPSession(protocol, extensions, peer, upstreamType)
+    tls = protocol.transport.getHandle().get_protocol_version_name() if secure else None
+    return session(protocol, extensions, peer, upstreamType, tls)
 
 
 @implementer(IUpstreamType)
@@ -159,19 +211,11 @@ class SMTPUpstreamType:
     schemes = ("smtp", "smtp+starttls", "smtps")
 
     def validate(self, url: UpstreamURL) -> None:
-        if url.scheme not in self.schemes:
-            raise ValueError(f"not an SMTP URL: {url.scheme}")
-        if not url.host:
-            raise ValueError("an SMTP upstream needs a host")
-        if url.path not in ("", "/"):
-            raise ValueError("an SMTP upstream URL has no path")
-        validateOptions(url)
+        validateServerURL(url, self.schemes, "SMTP")
 
     def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[SMTPSession]:
-        port = url.port or DEFAULT_PORTS[url.scheme]
-        timeout = float(url.option("timeout", str(context.timeout)))
-        endpoint = HostnameEndpoint(context.reactor, url.host, port, timeout=timeout)
+        endpoint, peer = tcpEndpoint(url, context)
         if url.scheme == "smtps":
-            endpoint = wrapClientTLS(_tlsOptions(url), endpoint)
+            endpoint = wrapClientTLS(clientTLSOptions(url), endpoint)
         greet = b"EHLO " + context.hostname.encode("ascii")
-        return Deferred.fromCoroutine(connectSMTP(endpoint, f"{url.host}:{port}", url, context, self.name, greet))
+        return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, self.name, greet))

@@ -144,13 +144,22 @@ class SMTPSession:
 
     @ivar extensions: the EHLO keywords the upstream offered, upper case,
         mapped to their parameters.
+    @ivar tls: the TLS version in use, or C{None}.
     """
 
-    def __init__(self, protocol: SMTPClientProtocol, extensions: dict[str, str], peer: str, upstreamType: str):
+    def __init__(
+        self,
+        protocol: SMTPClientProtocol,
+        extensions: dict[str, str],
+        peer: str,
+        upstreamType: str,
+        tls: str | None = None,
+    ):
         self._protocol = protocol
         self.extensions = extensions
         self.peer = peer
         self.upstreamType = upstreamType
+        self.tls = tls
         self._atLineStart = True
 
     @property
@@ -195,6 +204,13 @@ class SMTPSession:
 
     def end(self) -> Deferred[list[Reply]]:
         self._protocol.transport.write(b".\r\n" if self._atLineStart else b"\r\n.\r\n")
+        return self._endReplies()
+
+    def _endReplies(self) -> Deferred[list[Reply]]:
+        """
+        Wait for the replies to the final dot: one for the whole message
+        (LMTP overrides this: one per accepted recipient).
+        """
         return self._protocol.expectReply().addCallback(lambda reply: [reply])
 
     def abort(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import smtplib
 import socket
 import ssl
@@ -26,6 +25,7 @@ from relay.store.database import openEngine, upgrade
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
 from tests.support.certs import CA
+from tests.support.process import stopProcess
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 _GENERATION = re.compile(r"tenant directory at generation (\d+)")
@@ -148,15 +148,18 @@ class RelayProcess:
         return client
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stopProcess(self.process, timeout)
         self.process.stderr.close()
         return self.process.returncode
+
+
+def splitTrace(data: bytes) -> tuple[bytes, bytes]:
+    """Split the relay's C{Received:} trace header (folded) from the rest of a message."""
+    assert data.startswith(b"Received: "), data[:60]
+    end = data.index(b"\r\n")
+    while data[end + 2 : end + 3] in (b"\t", b" "):
+        end = data.index(b"\r\n", end + 2)
+    return data[: end + 2], data[end + 2 :]
 
 
 def upstreamURL(up, scheme: str = "smtp", credentials: str = "", **options: str) -> str:

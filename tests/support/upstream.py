@@ -21,6 +21,12 @@ scripted reply or its own, applies the reply's effect on the session only
 when the reply sent is 2xx (354 for DATA, 220 for STARTTLS), then drops the
 connection if asked.  Any 421 reply closes the connection after it is sent.
 
+With C{lmtp=True} it speaks LMTP (RFC 2033) instead: C{LHLO} replaces
+C{EHLO} and C{HELO} (which get 500), and after the final dot there is one
+C{EOD} reply point per accepted recipient, in RCPT order, whose C{match}
+compares to that recipient.  With C{unix=PATH} it listens on that local
+socket instead of a loopback port.
+
 Every fault setter takes the same selectors: C{match} (compared without case
 to the address for MAIL and RCPT, to the sender for DATA and EOD, to the
 mechanism for AUTH, to the argument otherwise), C{nth} (only the Nth time
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import selectors
 import socket
@@ -53,8 +60,9 @@ MAX_COMMAND_LINE = 4096
 JOIN_TIMEOUT = 5.0
 GARBAGE = b"HTTP/1.1 400 Bad Request"
 VERBS = frozenset(
-    "CONNECT EHLO HELO STARTTLS AUTH MAIL RCPT DATA EOD RSET NOOP QUIT VRFY EXPN HELP BDAT".split()
+    "CONNECT EHLO HELO LHLO STARTTLS AUTH MAIL RCPT DATA EOD RSET NOOP QUIT VRFY EXPN HELP BDAT".split()
 )
+_OTHER_GREETINGS = {False: frozenset({"LHLO"}), True: frozenset({"EHLO", "HELO"})}  # by lmtp
 _PATH = re.compile(r"(?i)^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$")
 _STUFFED_DOT = re.compile(rb"(^|\r\n)\.")
 
@@ -78,6 +86,8 @@ class Received:
         if none was sent.
     @ivar mailOptions: the MAIL FROM parameters, such as C{"SIZE=123"}.
     @ivar helo: the EHLO/HELO name given for this transaction.
+    @ivar delivered: the recipients whose end-of-data reply was 2xx (LMTP
+        answers each recipient; SMTP all or none).
     """
 
     sender: str
@@ -91,6 +101,7 @@ class Received:
     reply: str | None = None
     mailOptions: tuple[str, ...] = ()
     helo: str | None = None
+    delivered: tuple[str, ...] = ()
 
 
 @dataclass
@@ -138,6 +149,8 @@ class UpstreamServer:
         maxSize: int = 10 * 1024 * 1024,
         timeout: float = 10.0,
         hostname: str = "upstream.test",
+        lmtp: bool = False,
+        unix: str | os.PathLike[str] | None = None,
     ):
         """
         @param tls: certificate to present; enables STARTTLS.
@@ -151,6 +164,8 @@ class UpstreamServer:
         @param timeout: seconds any socket operation may block and the
             longest a hang lasts; the connection is closed after that.
         @param hostname: the name in the greeting and EHLO reply.
+        @param lmtp: speak LMTP (RFC 2033) rather than SMTP.
+        @param unix: listen on this local socket path, not on loopback TCP.
         """
         if (implicitTLS or requireTLS) and tls is None:
             raise ValueError("implicitTLS and requireTLS need tls=CertPaths")
@@ -163,6 +178,8 @@ class UpstreamServer:
         self.maxSize = maxSize
         self.timeout = timeout
         self.hostname = hostname
+        self.lmtp = lmtp
+        self.unix = None if unix is None else os.fspath(unix)
         self.host = HOST
         self.port: int = 0
         self._context = tls.serverContext() if tls else None
@@ -191,9 +208,14 @@ class UpstreamServer:
         """Bind, listen and start accepting; C{port} is set on return."""
         if self._listener is not None:
             raise RuntimeError("already started")
-        self._listener = socket.create_server((HOST, 0))
+        if self.unix is None:
+            self._listener = socket.create_server((HOST, 0))
+            self.port = self._listener.getsockname()[1]
+        else:
+            self._listener = socket.socket(socket.AF_UNIX)
+            self._listener.bind(self.unix)
+            self._listener.listen()
         self._listener.settimeout(self.timeout)
-        self.port = self._listener.getsockname()[1]
         self._wakeReader, self._wakeWriter = socket.socketpair()
         self._acceptor = threading.Thread(target=self._serve, name=f"upstream-{self.port}", daemon=True)
         self._acceptor.start()
@@ -293,7 +315,8 @@ class UpstreamServer:
 
     @property
     def messages(self) -> list[Received]:
-        """Transactions completed with the final dot and answered 2xx."""
+        """Transactions completed with the final dot and answered 2xx (LMTP:
+        for at least one recipient)."""
         with self._cond:
             return list(self._messages)
 
@@ -413,11 +436,12 @@ class UpstreamServer:
 
         return self._update(change)
 
-    def _settle(self, index: int, reply: bytes, accepted: bool) -> None:
+    def _settle(self, index: int, reply: bytes, delivered: tuple[str, ...]) -> None:
         def change():
-            settled = replace(self._transactions[index], reply=reply.decode("utf-8", "replace").rstrip("\r\n"))
+            text = reply.decode("utf-8", "replace").rstrip("\r\n")
+            settled = replace(self._transactions[index], reply=text, delivered=delivered)
             self._transactions[index] = settled
-            if accepted:
+            if delivered:
                 self._messages.append(settled)
 
         self._update(change)
@@ -499,7 +523,8 @@ class _Session:
         try:
             if self.server.implicitTLS:
                 self.startTLS()
-            greeting = self.reply("CONNECT", "", f"220 {self.server.hostname} ESMTP")
+            service = "LMTP" if self.server.lmtp else "ESMTP"
+            greeting = self.reply("CONNECT", "", f"220 {self.server.hostname} {service}")
             self.refused = not greeting.startswith(b"2")
             while self.dropPending is None:
                 line = self.readCommand()
@@ -569,7 +594,7 @@ class _Session:
             return
         word, _, arg = text.partition(" ")
         verb, arg = word.upper(), arg.strip()
-        handler = getattr(self, f"smtp_{verb}", None)
+        handler = None if verb in _OTHER_GREETINGS[self.server.lmtp] else getattr(self, f"smtp_{verb}", None)
         if self.refused and verb != "QUIT":
             self.reply(verb, arg, "503 5.5.1 No SMTP service here")
         elif handler is None:
@@ -577,13 +602,16 @@ class _Session:
         else:
             handler(arg)
 
-    def smtp_EHLO(self, arg: str) -> None:
+    def smtp_LHLO(self, arg: str) -> None:
+        self.smtp_EHLO(arg, "LHLO")
+
+    def smtp_EHLO(self, arg: str, verb: str = "EHLO") -> None:
         lines = [self.server.hostname, "PIPELINING", f"SIZE {self.server.maxSize}", "8BITMIME", "ENHANCEDSTATUSCODES"]
         if self.server.tls and not self.tls:
             lines.append("STARTTLS")
         if self.server.auth and (self.tls or self.server.allowInsecureAuth):
             lines.append("AUTH PLAIN LOGIN")
-        self.greet("EHLO", arg, "\n".join(f"250-{line}" for line in lines[:-1]) + f"\n250 {lines[-1]}")
+        self.greet(verb, arg, "\n".join(f"250-{line}" for line in lines[:-1]) + f"\n250 {lines[-1]}")
 
     def smtp_HELO(self, arg: str) -> None:
         self.greet("HELO", arg, f"250 {self.server.hostname}")
@@ -765,10 +793,18 @@ class _Session:
             default = "552 5.3.4 Message size exceeds fixed maximum message size"
         else:
             default = f"250 2.0.0 Ok: queued as {index}"
-        reply = self.decide("EOD", self.sender or "", default)
-        self.server._settle(index, reply, _positive(reply))
+        replies = []
+        for key in self.recipients if self.server.lmtp else [self.sender or ""]:
+            replies.append(self.decide("EOD", key, default))
+            if self.dropPending is not None:
+                break
+        if self.server.lmtp:
+            delivered = tuple(r for r, reply in zip(self.recipients, replies) if _positive(reply))
+        else:
+            delivered = tuple(self.recipients) if _positive(replies[0]) else ()
+        self.server._settle(index, b"".join(replies), delivered)
         self.resetTransaction()
-        self.send(reply)
+        self.send(b"".join(replies))
 
     def transaction(self, raw: bytes, completed: bool) -> Received:
         return Received(

@@ -14,3 +14,15 @@ maildir = UpstreamTypePlugin(
     "relay.upstreams.maildir.MaildirUpstreamType",
     "Local Maildir delivery (atomic tmp -> new, fsync before 250)",
 )
+lmtp = UpstreamTypePlugin(
+    "lmtp",
+    ("lmtp", "lmtp+unix"),
+    "relay.upstreams.lmtp.LMTPUpstreamType",
+    "LMTP delivery agent (RFC 2033) over TCP (STARTTLS when offered) or a local socket; one reply per recipient",
+)
+webhook = UpstreamTypePlugin(
+    "webhook",
+    ("https", "http"),
+    "relay.upstreams.webhook.WebhookUpstreamType",
+    "HTTP(S) webhook: each message POSTed as message/rfc822, streamed with chunked encoding",
+)
