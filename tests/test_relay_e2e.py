@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support.relay import upstreamURL
+from tests.support.relay import splitTrace, upstreamURL
 from tests.support.upstream import UpstreamServer, closedPort
 
 FROM = b"From: Sender <a@example.com>\r\n"
@@ -30,15 +30,6 @@ MESSAGE = (
 )
 
 
-def received(data: bytes) -> tuple[bytes, bytes]:
-    """Split the relay's trace header from the rest of the message."""
-    assert data.startswith(b"Received: ")
-    end = data.index(b"\r\n")
-    while data[end + 2 : end + 3] in (b"\t", b" "):
-        end = data.index(b"\r\n", end + 2)
-    return data[: end + 2], data[end + 2 :]
-
-
 def ca(relay) -> str:
     return str(relay.ca.cert)
 
@@ -50,7 +41,7 @@ def test_relay_byte_identical(relay, upstream, tenantName):
         refused = client.sendmail("a@example.com", ["b@example.net"], MESSAGE)
         assert refused == {}
     [message] = upstream.waitForMessages(1)
-    trace, rest = received(message.data)
+    trace, rest = splitTrace(message.data)
     assert rest == MESSAGE
     assert b"by relay.test (smtprelay) with ESMTPSA" in trace
     assert b"..a line starting with a dot\r\n...two dots\r\n" in message.raw
@@ -66,7 +57,7 @@ def test_auth_login(relay, upstream, tenantName):
         code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
         assert code == 235
         client.sendmail("a@example.com", ["b@example.net"], MESSAGE)
-    assert received(upstream.waitForMessages(1)[0].data)[1] == MESSAGE
+    assert splitTrace(upstream.waitForMessages(1)[0].data)[1] == MESSAGE
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
@@ -216,8 +207,8 @@ def test_tenants_are_isolated(relay, upstreamCert, tenantName):
         for account, subject in ((one, b"one"), (two, b"two"), (one, b"one")):
             with relay.connect(account) as client:
                 client.sendmail("a@example.com", ["b@example.net"], FROM + b"Subject: " + subject + b"\r\n\r\nx\r\n")
-        assert [received(m.data)[1] for m in first.waitForMessages(2)] == [FROM + b"Subject: one\r\n\r\nx\r\n"] * 2
-        assert [received(m.data)[1] for m in second.waitForMessages(1)] == [FROM + b"Subject: two\r\n\r\nx\r\n"]
+        assert [splitTrace(m.data)[1] for m in first.waitForMessages(2)] == [FROM + b"Subject: one\r\n\r\nx\r\n"] * 2
+        assert [splitTrace(m.data)[1] for m in second.waitForMessages(1)] == [FROM + b"Subject: two\r\n\r\nx\r\n"]
 
 
 def test_upstream_auth_over_starttls(relay, upstreamCert, tenantName):

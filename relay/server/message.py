@@ -162,6 +162,8 @@ class MessageStream:
             drained.callback(None)
 
     def _apply(self, verdict: Verdict, forward: bytes, then: bytes) -> None:
+        if self.refusal is not None:
+            return
         if verdict.refuses:
             self.refusal = verdict.reply
         elif not self._upstream.alive:
@@ -170,6 +172,12 @@ class MessageStream:
             self._upstream.write(forward)
             if then:
                 self._take(then)
+
+    def refuse(self, reply: Reply) -> None:
+        """Refuse the message (unless already refused): nothing more is looked at or forwarded."""
+        if self.refusal is None:
+            self.refusal = reply
+            self._backlog.clear()
 
     def finish(self) -> Deferred[None]:
         """

@@ -452,13 +452,15 @@ class RelaySession:
         return Deferred.fromCoroutine(self._endOfData(self._transaction, self._upstream, self._stream, error))
 
     async def _endOfData(self, transaction, upstream, stream: MessageStream, error: DataError | None) -> Reply:
+        if error is not None:
+            # The framing was refused: no policy needs to see the rest.
+            reply, rule = DATA_ERRORS[error]
+            self._ctx.reporter.refused(rule, self.client, reply)
+            stream.refuse(reply)
         await stream.finish()
         refusal = stream.refusal
         if stream.upstreamFailure is not None:
             self._ctx.reporter.upstreamError(upstream.upstreamType, stream.upstreamFailure)
-        if error is not None:
-            refusal, rule = DATA_ERRORS[error]
-            self._ctx.reporter.refused(rule, self.client, refusal)
         if refusal is None:
             verdict = await settle(self._ctx.policies.check("endOfData", self.client, transaction))
             refusal = verdict.reply if verdict.refuses else None

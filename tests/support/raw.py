@@ -20,6 +20,7 @@ class RawClient:
         self.context = context
         self.buffer = b""
         self.greeting = self.reply()
+        assert self.greeting.startswith("220 "), self.greeting
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
