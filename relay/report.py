@@ -62,9 +62,14 @@ class Reporter:
 
     log = Logger(namespace="smtprelay")
 
-    def __init__(self, metrics: Metrics, redact: AddressRedactor):
+    def __init__(self, metrics: Metrics, redact: AddressRedactor, usage=None):
+        """
+        @param usage: counts each transaction per tenant and day for billing
+            (a L{relay.accounting.UsageRecorder}), or C{None}.
+        """
         self.metrics = metrics
         self._redact = redact
+        self._usage = usage
 
     def connectionOpened(self) -> None:
         self.metrics.connections.inc()
@@ -128,6 +133,8 @@ class Reporter:
         m = self.metrics
         m.messages.labels(tenant, result).inc()
         m.recipients.labels(tenant, result).inc(recipients)
+        if self._usage is not None and client.tenant is not None:
+            self._usage.count(tenant, result, recipients, transaction.size)
         if result == "relayed":
             m.messageBytes.labels(tenant).inc(transaction.size)
             m.messageSize.observe(transaction.size)

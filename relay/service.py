@@ -17,6 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
 
+from relay.accounting import UsageRecorder
 from relay.auth.chain import FirstOf
 from relay.auth.tenants import TenantChecker
 from relay.directory import Directory
@@ -78,12 +79,12 @@ def _policies(options, reactor, discovery: Discovery) -> list:
     return policies
 
 
-def _checker(options, directory, reactor, threadPool):
+def _checker(options, directory, store, reactor, threadPool):
     """The --auth checkers (the tenant store when none is given), asked in order."""
     checkers = options.get("credCheckers") or [TenantChecker()]
     for checker in checkers:
         if isinstance(checker, TenantChecker):
-            checker.bind(directory, reactor, threadPool)
+            checker.bind(directory, reactor, threadPool, store)
     return checkers[0] if len(checkers) == 1 else FirstOf(checkers)
 
 
@@ -119,7 +120,8 @@ class RelayService(MultiService):
         except (OSError, ValueError) as e:
             raise StartupError(str(e)) from None
         self.metrics = Metrics()
-        reporter = Reporter(self.metrics, redact)
+        self.usage = UsageRecorder(store, reactor, self.threadPool, options["usage-interval"])
+        reporter = Reporter(self.metrics, redact, self.usage)
         upstreamContext = UpstreamContext(
             reactor=reactor,
             hostname=options["hostname"],
@@ -137,7 +139,7 @@ class RelayService(MultiService):
             reactor=reactor,
             hostname=options["hostname"],
             directory=self.directory,
-            checker=_checker(options, self.directory, reactor, self.threadPool),
+            checker=_checker(options, self.directory, store, reactor, self.threadPool),
             policies=PolicyChain(
                 _policies(options, reactor, discovery),
                 reactor,
@@ -215,6 +217,7 @@ class RelayService(MultiService):
         self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
         self.threadPool.start()
         self.directory.start()
+        self.usage.start()
         site = metricsSite(self.metrics.registry, self.readiness, self._reactor)
         d = serverFromString(self._reactor, self._options["metrics"]).listen(site)
         d.addCallback(lambda port: setattr(self, "_metricsPort", port))
@@ -254,6 +257,7 @@ class RelayService(MultiService):
             self.log.warn("drain time over: closing the connection from {client}", client=protocol.client.address)
             protocol.shutDown()
         await self.upstreams.closeIdle()
+        await self.usage.stop()
         self.threadPool.stop()
         if self._metricsPort is not None:
             await self._metricsPort.stopListening()

@@ -52,6 +52,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["upstream-max-connections", None, 50, "Connections open at once to one upstream.", int],
         ["policy-timeout", None, 30.0, "Seconds a policy hook may take before the message is tempfailed.", float],
         ["refresh-interval", None, 2.0, "Seconds between checks of the store for changes.", float],
+        ["usage-interval", None, 10.0, "Seconds between writes of usage counts to the store.", float],
         ["store-threads", None, 4, "Threads for database and password-hashing work.", int],
         ["rate-limit-store", None, None, "Share rate-limit budgets through Redis: redis://host:6379/0."],
         ["max-connections", None, 1000, "Client connections open at once (then 421 4.7.0).", int],

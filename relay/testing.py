@@ -20,6 +20,7 @@ from base64 import b64encode
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relay.interfaces import IUpstreamSession, IUpstreamType
@@ -42,6 +43,7 @@ __all__ = [
     "FakeUpstreamType",
     "ACME",
     "Delivered",
+    "InlineThreads",
     "MemoryClient",
     "fakeServerContext",
 ]
@@ -252,6 +254,25 @@ def fakeServerContext(
     )
     fields.update(settings)
     return ServerContext(**fields)
+
+
+class InlineThreads(MemoryReactorClock):
+    """
+    A clock that is also a thread pool running work at once, on the calling
+    thread: pass it as both reactor and pool to code that uses
+    C{deferToThreadPool}, and a unit test needs no threads.
+    """
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        f(*args, **kwargs)
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs) -> None:
+        try:
+            result = f(*args, **kwargs)
+        except Exception:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
 
 
 class _TLSStringTransport(StringTransport):

@@ -7,25 +7,14 @@ from __future__ import annotations
 import pytest
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.testing import MemoryReactorClock
 
 import relay.auth.tenants as tenants
 from relay.auth.tenants import TenantChecker
 from relay.passwords import hashPassword
 from relay.tenants import Login
-from relay.testing import FakeDirectory
+from relay.testing import FakeDirectory, InlineThreads
 
 HASH = hashPassword("right")
-
-
-class InlineThreads(MemoryReactorClock):
-    """Runs 'threaded' work at once, so a unit test needs no threads."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        onResult(True, f(*args, **kwargs))
 
 
 @pytest.fixture
@@ -82,3 +71,49 @@ def test_not_utf8(checker):
     """Credentials that are not UTF-8 fail without hashing."""
     assert check(checker, b"alice", b"\xff").check(UnauthorizedLogin)
     assert checker.calls == []
+
+
+def oldHash(password: str) -> str:
+    """A hash made with older, weaker parameters (ln=12)."""
+    from relay.passwords import _b64encode, _derive
+
+    salt = b"0123456789abcdef"
+    return f"$scrypt$ln=12,r=8,p=1${_b64encode(salt)}${_b64encode(_derive(password, salt, 12, 8, 1, 32))}"
+
+
+class FakeStore:
+    def __init__(self, fail: bool = False):
+        self.upgrades = []
+        self.fail = fail
+
+    def upgradePasswordHash(self, username, old, new):
+        if self.fail:
+            raise RuntimeError("database down")
+        self.upgrades.append((username, old, new))
+        return True
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_old_hash_upgraded_on_login(checker, fail):
+    """A hash with old parameters is replaced after a successful login; a store failure never fails the login."""
+    from relay.passwords import needsRehash, verifyPassword
+
+    store = FakeStore(fail)
+    checker.bind(checker.directory, checker.reactor, checker.reactor, store)
+    old = oldHash("right")
+    checker.directory.logins["alice"] = Login("alice", "acme", old)
+    assert check(checker, b"alice", b"right") == "acme"
+    if fail:
+        assert store.upgrades == []
+    else:
+        [(username, replaced, new)] = store.upgrades
+        assert (username, replaced) == ("alice", old)
+        assert verifyPassword("right", new) and not needsRehash(new)
+
+
+def test_current_hash_left_alone(checker):
+    """A hash with the current parameters is not rewritten."""
+    store = FakeStore()
+    checker.bind(checker.directory, checker.reactor, checker.reactor, store)
+    assert check(checker, b"alice", b"right") == "acme"
+    assert store.upgrades == []

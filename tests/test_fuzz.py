@@ -4,6 +4,8 @@ random interleavings of valid and invalid commands and messages, sent in
 random TCP fragments.  Whatever happens, every command line gets exactly one
 reply, the upstream receives exactly the messages the client got 250 for,
 byte for byte, and the relay logs no unhandled error.
+
+40 examples by default; more with C{pytest --hypothesis-profile=long}.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def target(relay, upstreamCert, tmp_path_factory):
         yield relay, up, account
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=12))
 def test_fuzzed_sessions(target, steps, cuts):
     """Any mix of commands and messages in any fragmentation: one reply each, nothing lost or invented."""

@@ -111,3 +111,34 @@ def test_json_logs(ca, upstreamCert, tmp_path):
     assert transaction["tenant"] == "jsonlogs" and transaction["sender"] == "*@example.com"
     assert transaction["level"] == "info" and transaction["time"].endswith("+00:00")
     assert all(set(r) >= {"time", "level", "namespace", "text"} for r in records)
+
+
+def test_usage_matches_what_was_sent(ca, upstreamCert, tmp_path, capsys):
+    """smtprelay-admin usage shows exactly what the client sent, written at a clean shutdown."""
+    import json
+
+    from relay.admin import main
+    from tests.support.upstream import UpstreamServer
+
+    relay = RelayProcess(tmp_path / "relay", ca, "--usage-interval=3600")
+    with UpstreamServer(tls=upstreamCert) as up:
+        account = relay.addTenant("billed", upstreamURL(up, ca=str(ca.cert)))
+        up.setReply("MAIL", "451 4.3.0 later", times=1)
+        with relay.connect(account) as client:
+            assert client.mail("a@example.com")[0] == 451
+            client.rset()
+            for recipients in (["b@example.net"], ["b@example.net", "c@example.net"], ["d@example.net"]):
+                assert client.sendmail("a@example.com", recipients, MESSAGE) == {}
+            assert client.mail("a@evil.example")[0] == 550
+        up.waitForMessages(3)
+        assert relay.stop() == 0
+    assert main(["--database", relay.database, "--secret-key-file", str(relay.keyFile), "usage", "billed", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1
+    assert {k: rows[0][k] for k in ("relayed", "recipients", "rejected", "failed")} == {
+        "relayed": 3,
+        "recipients": 4,
+        "rejected": 1,
+        "failed": 1,
+    }
+    assert rows[0]["bytes"] == 3 * (len(MESSAGE))

@@ -15,12 +15,15 @@ from twisted.cred.strcred import ICheckerFactory
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.plugin import IPlugin
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from relay.auth.verified import VerifiedCache
-from relay.passwords import hashPassword, verifyPassword
+from relay.passwords import hashPassword, needsRehash, verifyPassword
 
 __all__ = ["TenantChecker", "TenantCheckerFactory"]
+
+log = Logger()
 
 
 
@@ -53,11 +56,18 @@ class TenantChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def bind(self, directory, reactor, threadPool) -> None:
-        """Use this directory, and this thread pool for hashing."""
+    def bind(self, directory, reactor, threadPool, store=None) -> None:
+        """
+        Use this directory, and this thread pool for hashing.
+
+        @param store: where a hash made with old parameters is replaced
+            (C{upgradePasswordHash}) after a successful login; C{None} to
+            leave hashes alone.
+        """
         self._directory = directory
         self._reactor = reactor
         self._pool = threadPool
+        self._store = store
         self._verified = VerifiedCache(reactor)
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
@@ -74,10 +84,22 @@ class TenantChecker:
             if login is None or not valid:
                 raise UnauthorizedLogin()
             self._verified.add(username, password, login.passwordHash)
+            if self._store is not None and needsRehash(login.passwordHash):
+                self._upgrade(username, password, login.passwordHash)
             return login.tenant
 
         encoded = None if login is None else login.passwordHash
         return deferToThreadPool(self._reactor, self._pool, _verify, password, encoded).addCallback(checked)
+
+
+    def _upgrade(self, username: str, password: str, old: str) -> None:
+        """Re-hash with the current parameters, in the background; a failure never fails the login."""
+
+        def upgrade() -> bool:
+            return self._store.upgradePasswordHash(username, old, hashPassword(password))
+
+        d = deferToThreadPool(self._reactor, self._pool, upgrade)
+        d.addErrback(lambda f: log.failure("password hash of {username} not upgraded", f, username=username))
 
 
 @implementer(ICheckerFactory, IPlugin)
