@@ -15,9 +15,10 @@ import sys
 from datetime import datetime, timezone
 from typing import IO
 
-from twisted.logger import FileLogObserver, formatEvent
+from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.python.components import Componentized
 
-__all__ = ["FORMATS", "jsonObserver"]
+__all__ = ["FORMATS", "jsonObserver", "useLogFormat"]
 
 FORMATS = ("text", "json")
 _PLAIN = (str, int, float, bool, type(None))
@@ -41,3 +42,13 @@ def _record(event: dict) -> str:
 def jsonObserver(out: IO[str] | None = None) -> FileLogObserver:
     """A log observer writing JSON lines to C{out} (standard output by default)."""
     return FileLogObserver(out or sys.stdout, _record)
+
+
+def useLogFormat(parent, logFormat: str) -> None:
+    """
+    Called from a service's C{setServiceParent}: twistd hands the
+    application itself there, and uses the log observer set on it instead of
+    its own.
+    """
+    if logFormat == "json" and isinstance(parent, Componentized):
+        parent.setComponent(ILogObserver, jsonObserver())

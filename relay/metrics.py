@@ -42,7 +42,9 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
         self.connections = Counter("smtprelay_connections", "Client connections accepted.", registry=r)
-        self.connectionsActive = Gauge("smtprelay_connections_active", "Client connections open now.", registry=r)
+        self.connectionsActive = Gauge(
+            "smtprelay_connections_active", "Client connections open now.", registry=r, multiprocess_mode="livesum"
+        )
         self.authAttempts = Counter(
             "smtprelay_auth_attempts", "SMTP AUTH attempts.", ["mechanism", "result"], registry=r
         )

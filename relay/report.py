@@ -78,11 +78,11 @@ class Reporter:
     def connectionClosed(self, client: ClientInfo, seconds: float, transactions: int) -> None:
         self.metrics.connectionsActive.dec()
         self.log.info(
-            "connection {session} from {client} closed after {seconds:.3f}s: tenant={tenant} tls={tls} "
+            "connection {session} from {client} closed after {seconds}s: tenant={tenant} tls={tls} "
             "transactions={transactions}",
             session=client.sessionId,
             client=client.address,
-            seconds=seconds,
+            seconds=round(seconds, 3),
             tenant=client.tenant.name if client.tenant else None,
             tls=client.tls,
             transactions=transactions,
@@ -141,7 +141,7 @@ class Reporter:
             m.relayDuration.labels(tenant).observe(seconds)
         self.log.info(
             "{queueId} {result}: tenant={tenant} client={client} from={sender} recipients={recipients} "
-            "size={size} upstream={upstream} reply={reply} duration={seconds:.3f}s",
+            "size={size} upstream={upstream} reply={reply} duration={seconds}s",
             queueId=transaction.queueId,
             result=result,
             tenant=tenant,
@@ -151,5 +151,5 @@ class Reporter:
             size=transaction.size,
             upstream=upstream,
             reply=f"{reply.code} {reply.enhanced or ''}".strip(),
-            seconds=seconds,
+            seconds=round(seconds, 3),
         )

@@ -9,19 +9,18 @@ import signal
 
 from sqlalchemy import make_url
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
 
 from relay.accounting import UsageRecorder
 from relay.auth.chain import FirstOf
 from relay.auth.tenants import TenantChecker
 from relay.directory import Directory
-from relay.logs import jsonObserver
+from relay.logs import useLogFormat
 from relay.metrics import Metrics
 from relay.policy import PolicyContext
 from relay.policy.chain import PolicyChain
@@ -31,7 +30,8 @@ from relay.server.context import ServerContext
 from relay.server.guard import ConnectionGuard
 from relay.server.protocol import SMTPServerFactory
 from relay.server.proxy import PREFIX as PROXY_PREFIX
-from relay.server.proxy import proxiedEndpoint
+from relay.server.proxy import ProxiedEndpoint
+from relay.endpoints import AdoptedEndpoint
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
 from relay.store.repository import Store
@@ -42,6 +42,23 @@ from relay.upstreams.pool import UpstreamPool
 from relay.web import metricsSite
 
 __all__ = ["RelayService", "StartupError"]
+
+
+def stopOnTerminate(reactor) -> None:
+    """
+    Make SIGTERM stop the reactor, which drains (see the services'
+    C{stopService}); the process then exits 0, not by re-raising the signal
+    as twistd would.  Installed once the reactor runs, after its own handlers.
+    """
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def terminate(signum, frame) -> None:
+        reactor.callFromThread(stop)
+
+    reactor.callWhenRunning(signal.signal, signal.SIGTERM, terminate)
 
 
 class StartupError(Exception):
@@ -60,6 +77,21 @@ def _openStore(options) -> tuple[Store, KeyRing]:
     except Exception as e:  # a driver error: unreachable database, bad URL, ...
         shown = make_url(options["database"]).render_as_string(hide_password=True)
         raise StartupError(f"cannot open the tenant store {shown}: {e}") from None
+
+
+def _serverTLS(options):
+    try:
+        if options["tls-cert"]:
+            return serverTLSOptions(options["tls-cert"], options["tls-key"], options["tls-profile"])
+        return None
+    except (OSError, ValueError) as e:
+        raise StartupError(str(e)) from None
+
+
+def checkConfiguration(options) -> None:
+    """What a relay would refuse to start with (store, TLS files), checked in this process."""
+    _openStore(options)
+    _serverTLS(options)
 
 
 def _policies(options, reactor, discovery: Discovery) -> list:
@@ -112,12 +144,10 @@ class RelayService(MultiService):
         self.threadPool = ThreadPool(minthreads=1, maxthreads=options["store-threads"], name="smtprelay-store")
         self.directory = Directory(store, reactor, self.threadPool, options["refresh-interval"])
         self.directory.swap(store.loadSnapshot())
+        tls = _serverTLS(options)
         try:
-            tls = None
-            if options["tls-cert"]:
-                tls = serverTLSOptions(options["tls-cert"], options["tls-key"], options["tls-profile"])
             redact = AddressRedactor(options["log-addresses"], keyRing.hmacKey())
-        except (OSError, ValueError) as e:
+        except ValueError as e:
             raise StartupError(str(e)) from None
         self.metrics = Metrics()
         self.usage = UsageRecorder(store, reactor, self.threadPool, options["usage-interval"])
@@ -180,18 +210,22 @@ class RelayService(MultiService):
     def _connections(self) -> list:
         return [protocol for factory in self._smtpFactories for protocol in factory.connections]
 
-    def _endpoint(self, description: str):
+    def _endpoint(self, description: str, inherited: int | None):
+        """
+        Where to listen for C{description}: its endpoint, or the socket a
+        C{--workers} parent opened for it (file descriptor C{inherited}).
+        """
+        inner = description.removeprefix(PROXY_PREFIX)
+        if inherited is None:
+            endpoint = serverFromString(self._reactor, inner)
+        else:
+            endpoint = AdoptedEndpoint(self._reactor, inherited)
         if description.startswith(PROXY_PREFIX):
-            return proxiedEndpoint(self._reactor, description, self._options["handshake-timeout"])
-        return serverFromString(self._reactor, description)
+            endpoint = ProxiedEndpoint(endpoint, self._reactor, self._options["handshake-timeout"])
+        return endpoint
 
     def setServiceParent(self, parent) -> None:
-        """
-        twistd hands the application itself here: with C{--log-format json}
-        set its log observer, which twistd then uses instead of its own.
-        """
-        if self._options["log-format"] == "json" and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, jsonObserver())
+        useLogFormat(parent, self._options["log-format"])
         super().setServiceParent(parent)
 
     def readiness(self) -> tuple[bool, str]:
@@ -204,26 +238,20 @@ class RelayService(MultiService):
             return False, "tenant store unreachable"
         return True, "ready"
 
-    def _terminate(self, signum, frame) -> None:
-        """
-        SIGTERM stops the reactor, which drains (see L{stopService}); the
-        process then exits 0, not by re-raising the signal as twistd would.
-        """
-        self._reactor.callFromThread(self._reactor.stop)
-
     def startService(self) -> None:
         super().startService()
-        # After the reactor installed its own handlers (during startup).
-        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
+        stopOnTerminate(self._reactor)
         self.threadPool.start()
         self.directory.start()
         self.usage.start()
-        site = metricsSite(self.metrics.registry, self.readiness, self._reactor)
-        d = serverFromString(self._reactor, self._options["metrics"]).listen(site)
-        d.addCallback(lambda port: setattr(self, "_metricsPort", port))
-        d.addErrback(self._cannotListen, self._options["metrics"])
-        for description, factory in self._factories():
-            d = self._endpoint(description).listen(factory)
+        inherited = self._options["inherit-fds"]
+        if not inherited:  # under --workers the parent serves the metrics of all
+            site = metricsSite(self.metrics.registry, self.readiness, self._reactor)
+            d = serverFromString(self._reactor, self._options["metrics"]).listen(site)
+            d.addCallback(lambda port: setattr(self, "_metricsPort", port))
+            d.addErrback(self._cannotListen, self._options["metrics"])
+        for i, (description, factory) in enumerate(self._factories()):
+            d = self._endpoint(description, inherited[i] if inherited else None).listen(factory)
             d.addCallback(self._listening, description)
             d.addErrback(self._cannotListen, description)
 
@@ -247,7 +275,7 @@ class RelayService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        await DeferredList([port.stopListening() for port in self._ports])
+        await DeferredList([maybeDeferred(port.stopListening) for port in self._ports])
         for protocol in self._connections():
             protocol.drain()
         deadline = self._reactor.seconds() + self._options["drain-timeout"]

@@ -53,6 +53,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["policy-timeout", None, 30.0, "Seconds a policy hook may take before the message is tempfailed.", float],
         ["refresh-interval", None, 2.0, "Seconds between checks of the store for changes.", float],
         ["usage-interval", None, 10.0, "Seconds between writes of usage counts to the store.", float],
+        ["workers", None, os.cpu_count() or 1, "Relay processes sharing the listeners (default: one per core).", int],
         ["store-threads", None, 4, "Threads for database and password-hashing work.", int],
         ["rate-limit-store", None, None, "Share rate-limit budgets through Redis: redis://host:6379/0."],
         ["max-connections", None, 1000, "Client connections open at once (then 421 4.7.0).", int],
@@ -74,6 +75,7 @@ class Options(usage.Options, AuthOptionMixin):
         self["smtp"] = []
         self["smtps"] = []
         self["disable-policy"] = []
+        self["inherit-fds"] = []
 
     def opt_smtp(self, endpoint: str) -> None:
         """Listen for SMTP on this endpoint, STARTTLS offered (repeatable)."""
@@ -86,6 +88,10 @@ class Options(usage.Options, AuthOptionMixin):
     def opt_disable_policy(self, name: str) -> None:
         """Do not run this installed policy (repeatable; see --list-plugins)."""
         self["disable-policy"].append(name)
+
+    def opt_inherit_fds(self, fds: str) -> None:
+        """(Internal: the listening sockets a --workers child inherits.)"""
+        self["inherit-fds"] = [int(fd) for fd in fds.split(",")]
 
     def opt_list_plugins(self) -> None:
         """Print every upstream type, policy and credential checker found, with its origin, and exit."""
@@ -114,6 +120,7 @@ class Options(usage.Options, AuthOptionMixin):
             "max-connections-per-ip",
             "max-auth-failures",
             "max-errors",
+            "workers",
         ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
@@ -123,8 +130,11 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     from relay.service import RelayService, StartupError
+    from relay.workers import WorkersService
 
     try:
+        if options["workers"] > 1:
+            return WorkersService(options, sys.argv, reactor)
         return RelayService(options, reactor)
     except StartupError as e:
         raise SystemExit(f"twistd smtprelay: {e}") from None

@@ -121,7 +121,10 @@ class Session:
 
     def message(self, body: bytes, valid: bool) -> None:
         self.send(b"RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n")
-        assert [r[:3] for r in self.replies(3)] == ["250"] * 3
+        replies = self.replies(3)
+        if not self.open:  # too many errors earlier: 421, closed on purpose
+            return
+        assert [r[:3] for r in replies] == ["250"] * 3
         self.send(b"DATA\r\n")
         [reply] = self.replies(1)
         assert reply.startswith("354"), reply
@@ -150,19 +153,21 @@ def test_fuzzed_sessions(target, steps, cuts):
     relay, upstream, account = target
     before = len(upstream.messages)
     client = RawClient(relay.port, relay.clientContext(), timeout=5)
-    client.login(account.username, account.password)
-    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    session = Session(client, cuts)
-    for kind, value in steps:
-        if not session.open:
-            break
-        if kind == "commands":
-            session.commands(value)
-        else:
-            session.message(*value)
-    if session.open:
-        session.commands([b"QUIT"])
-    client.close()
+    try:
+        client.login(account.username, account.password)
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(client, cuts)
+        for kind, value in steps:
+            if not session.open:
+                break
+            if kind == "commands":
+                session.commands(value)
+            else:
+                session.message(*value)
+        if session.open:
+            session.commands([b"QUIT"])
+    finally:
+        client.close()
     received = upstream.waitForMessages(before + len(session.relayed))[before:]
     assert len(received) == len(session.relayed)
     assert [splitTrace(got.data)[1] for got in received] == session.relayed

@@ -11,13 +11,12 @@ address, and drops connections whose header does not arrive in time.
 
 from __future__ import annotations
 
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
-__all__ = ["PREFIX", "proxiedEndpoint"]
+__all__ = ["PREFIX", "ProxiedEndpoint"]
 
 PREFIX = "haproxy:"
 MAX_HEADER = 536  # PROXY v2 header with addresses and a few TLVs; v1 is at most 107
@@ -105,7 +104,12 @@ class _HeaderFirstFactory(HAProxyWrappingFactory):
         self.timeout = timeout
 
 
-class _ProxiedEndpoint:
+class ProxiedEndpoint:
+    """
+    A listening endpoint behind a PROXY-protocol load balancer: connections
+    to C{endpoint} must start with the header, within C{timeout} seconds.
+    """
+
     def __init__(self, endpoint, clock: IReactorTime, timeout: float):
         self._endpoint = endpoint
         self._clock = clock
@@ -113,12 +117,3 @@ class _ProxiedEndpoint:
 
     def listen(self, factory):
         return self._endpoint.listen(_HeaderFirstFactory(factory, self._clock, self._timeout))
-
-
-def proxiedEndpoint(reactor, description: str, timeout: float):
-    """
-    The listening endpoint for C{haproxy:ENDPOINT}: C{ENDPOINT}, with the
-    PROXY header required within C{timeout} seconds of connecting.
-    """
-    return _ProxiedEndpoint(serverFromString(reactor, description[len(PREFIX) :]), reactor, timeout)
-

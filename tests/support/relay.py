@@ -80,6 +80,7 @@ class RelayProcess:
             "--hostname=relay.test",
             "--refresh-interval=0.1",
             "--upstream-timeout=5",
+            "--workers=1",
             *arguments,
         ]  # fmt: skip
         self.stdoutFile = directory / "stdout.log"

@@ -1,0 +1,56 @@
+"""
+--workers: several relay processes on the same listeners, one log, one
+/metrics, restarted when they die, drained together on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import urllib.request
+
+from tests.support.relay import RelayProcess, upstreamURL
+from tests.support.upstream import UpstreamServer
+
+MESSAGE = b"From: a@example.com\r\nSubject: workers\r\n\r\nhello\r\n"
+
+
+def relayed(relay: RelayProcess, tenant: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.metricsPort}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf'smtprelay_messages_total{{result="relayed",tenant="{tenant}"}} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+def workerPids(relay: RelayProcess) -> dict[int, int]:
+    return {int(w): int(p) for w, p in re.findall(r"worker (\d+) started \(pid (\d+)\)", relay.log())}
+
+
+def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
+    """Two workers relay; the parent's /metrics adds them up; a dead worker is replaced; SIGTERM exits 0."""
+    relay = RelayProcess(tmp_path / "relay", ca, "--workers=2")
+    with UpstreamServer(tls=upstreamCert) as up:
+        account = relay.addTenant("workers", upstreamURL(up, ca=str(ca.cert)))
+        time.sleep(0.5)  # both workers reload the store
+        for _ in range(12):
+            with relay.connect(account) as client:
+                assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
+        assert len(up.waitForMessages(12)) == 12
+        assert relayed(relay, "workers") == 12
+        assert set(workerPids(relay)) == {0, 1}
+        assert "[worker 0]" in relay.log() or "[worker 1]" in relay.log()
+
+        os.kill(workerPids(relay)[0], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while len(re.findall(r"worker 0 started", relay.log())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "worker 0 (pid" in relay.log() and "restarting" in relay.log()
+        time.sleep(1.0)  # the new worker loads the store
+        with relay.connect(account) as client:
+            assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
+        pids = set(workerPids(relay).values())
+        assert relay.stop() == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
