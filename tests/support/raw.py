@@ -19,8 +19,12 @@ class RawClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.context = context
         self.buffer = b""
-        self.greeting = self.reply()
-        assert self.greeting.startswith("220 "), self.greeting
+        try:
+            self.greeting = self.reply()
+            assert self.greeting.startswith("220 "), self.greeting
+        except BaseException:
+            self.sock.close()
+            raise
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
