@@ -67,7 +67,8 @@ def message(draw) -> tuple[bytes, bool]:
     fault = draw(st.sampled_from([None, None, None, b"\n", b"\r", b"\x00", b"y" * 1100]))
     if fault is None:
         return body, True
-    at = draw(st.integers(min_value=len(lines[0]) + 2, max_value=len(body)))
+    # Anywhere but inside the final CRLF: without it the client's end marker would not be one.
+    at = draw(st.integers(min_value=len(lines[0]) + 2, max_value=len(body) - 2))
     return body[:at] + fault + body[at:], False
 
 
