@@ -153,7 +153,7 @@ def test_fuzzed_sessions(target, steps, cuts):
     """Any mix of commands and messages in any fragmentation: one reply each, nothing lost or invented."""
     relay, upstream, account = target
     before = len(upstream.messages)
-    client = RawClient(relay.port, relay.clientContext(), timeout=5)
+    client = RawClient(relay.port, relay.clientContext())
     try:
         client.login(account.username, account.password)
         client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
