@@ -7,7 +7,7 @@ DATABASE := sqlite:///$(VAR)/smtprelay.db
 ADMIN := $(BIN)/smtprelay-admin --database $(DATABASE) --secret-key-file $(VAR)/secret.key
 LISTEN := 127.0.0.1:2525
 
-.PHONY: install run test clean
+.PHONY: install run test clean bench
 
 install: $(VENV)/.installed
 
@@ -54,3 +54,10 @@ test: install
 
 clean:
 	rm -rf $(VENV) $(VAR) build *.egg-info
+
+# Compare smtprelay with Postfix, an aiosmtpd proxy and Haraka (installs them
+# with apt, pip and npm; root or sudo): one table, also in bench/results/.
+# QUICK=1: smaller loads, one run (about a minute). BENCH_ARGS: see
+# `.venv/bin/python -m bench.compare --help` and docs/benchmarks.md.
+bench: install
+	$(BIN)/python -m bench.compare $(if $(QUICK),--quick) $(BENCH_ARGS)

@@ -23,17 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procstat import status  # noqa: E402
 from bench.sink import Sink  # noqa: E402
 from tests.support.certs import makeCA  # noqa: E402
 from tests.support.relay import RelayProcess  # noqa: E402
-
-
-def status(pid: int, field: str) -> int:
-    """A /proc/PID/status field in kB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 class Client:
@@ -74,7 +67,7 @@ class Client:
 
 def body(megabytes: int):
     line = b"x" * 76 + b"\r\n"
-    block = b"Subject: big\r\n\r\n" + line * (65536 // len(line))
+    block = b"From: <bench@example.com>\r\nTo: <sink@example.net>\r\nSubject: big\r\n\r\n" + line * (65536 // len(line))
     yield block
     block = line * (65536 // len(line))
     for _ in range(megabytes * 1024 * 1024 // len(block)):
