@@ -10,7 +10,7 @@ is written when the relay stops, so a clean shutdown loses nothing.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timezone
+from datetime import date, timedelta
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from relay.usage import COUNTERS, UsageDelta
 
 __all__ = ["UsageRecorder"]
+
+_EPOCH = date(1970, 1, 1)
 
 
 class UsageRecorder:
@@ -35,17 +37,21 @@ class UsageRecorder:
         self._reactor = reactor
         self._pool = threadPool
         self._interval = interval
-        self._pending: dict[tuple[str, date], Counter] = {}
+        self._pending: dict[tuple[str, int], Counter] = {}
         self._loop = LoopingCall(self.flush)
         self._loop.clock = reactor
         self._writing: Deferred[None] = succeed(None)
 
     def count(self, tenant: str, result: str, recipients: int, size: int) -> None:
         """One transaction ended with C{result} (relayed, rejected, tempfailed or aborted)."""
-        day = datetime.fromtimestamp(self._reactor.seconds(), timezone.utc).date()
-        counts = self._pending.setdefault((tenant, day), Counter())
+        day = int(self._reactor.seconds() // 86400)  # UTC days since the epoch
+        counts = self._pending.get((tenant, day))
+        if counts is None:
+            counts = self._pending[tenant, day] = Counter()
         if result == "relayed":
-            counts.update(relayed=1, recipients=recipients, bytes=size)
+            counts["relayed"] += 1
+            counts["recipients"] += recipients
+            counts["bytes"] += size
         elif result == "rejected":
             counts["rejected"] += 1
         else:
@@ -63,7 +69,10 @@ class UsageRecorder:
         batch, self._pending = self._pending, {}
         if not batch:
             return None
-        deltas = [UsageDelta(tenant, day, **{name: counts[name] for name in COUNTERS}) for (tenant, day), counts in batch.items()]
+        deltas = [
+            UsageDelta(tenant, _EPOCH + timedelta(days=day), **{name: counts[name] for name in COUNTERS})
+            for (tenant, day), counts in batch.items()
+        ]
 
         def failed(failure) -> None:
             self.log.failure("usage not written yet; kept for the next batch", failure)

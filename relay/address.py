@@ -176,6 +176,11 @@ def _splitMailboxes(value: str) -> list[tuple[str, list[str]]]:
     return mailboxes
 
 
+# The common forms, decided without the character loop: "a@b" and "Name <a@b>"
+# with a display name of plain words (no quotes, comments, commas or @).
+_SIMPLE_MAILBOX = re.compile(rf"(?:[A-Za-z0-9 .'_=?+-]*<)?(?P<spec>{_DOT_STRING}@{_DOMAIN})>?")
+
+
 def parseMailboxList(value: str) -> list[Mailbox]:
     """
     Parse a header's mailbox list (RFC 5322 §3.4), as in C{From:}, strictly:
@@ -185,6 +190,10 @@ def parseMailboxList(value: str) -> list[Mailbox]:
 
     @raise AddressError: the value is not such a list.
     """
+    simple = _SIMPLE_MAILBOX.fullmatch(value.strip())
+    if simple is not None and ("<" in value) == (">" in value):
+        local, _, domain = simple.group("spec").rpartition("@")
+        return [Mailbox(local, domain)]
     mailboxes = []
     for outside, angles in _splitMailboxes(value):
         if len(angles) > 1:

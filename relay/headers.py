@@ -4,7 +4,6 @@ A message's header block, held while header policies look at it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 __all__ = ["HeaderBlock", "MAX_HEADER_BLOCK", "splitHeaderBlock"]
 
@@ -25,22 +24,32 @@ def splitHeaderBlock(data: bytes) -> int:
     return -1 if i < 0 else i + 4
 
 
-@dataclass(frozen=True, slots=True)
 class HeaderBlock:
     """
-    The header fields of a message, as received.
+    The header fields of a message, as received; parsed once, on first use,
+    however many policies look.
 
     @ivar raw: the bytes of the block, including the empty line ending it
         when there was one.
     """
 
-    raw: bytes
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self._parsed: tuple[tuple[tuple[str, str], ...], dict[str, list[str]]] | None = None
+
+    def __repr__(self) -> str:
+        return f"HeaderBlock({self.raw!r})"
 
     def fields(self) -> list[tuple[str, str]]:
         """
         Every field as C{(name, value)}, in order, unfolded; the value is
         decoded as Latin-1 so that no byte is lost.
         """
+        return list(self._parse()[0])
+
+    def _parse(self) -> tuple[tuple[tuple[str, str], ...], dict[str, list[str]]]:
+        if self._parsed is not None:
+            return self._parsed
         fields: list[tuple[str, str]] = []
         for line in self.raw.decode("latin-1").split("\r\n"):
             if not line:
@@ -52,9 +61,12 @@ class HeaderBlock:
             name, colon, value = line.partition(":")
             if colon:
                 fields.append((name.strip(), value.strip()))
-        return fields
+        byName: dict[str, list[str]] = {}
+        for name, value in fields:
+            byName.setdefault(name.lower(), []).append(value)
+        self._parsed = (tuple(fields), byName)
+        return self._parsed
 
     def get(self, name: str) -> list[str]:
         """The values of every field called C{name} (case-insensitive)."""
-        wanted = name.lower()
-        return [value for field, value in self.fields() if field.lower() == wanted]
+        return list(self._parse()[1].get(name.lower(), ()))

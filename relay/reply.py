@@ -16,6 +16,7 @@ __all__ = ["Reply"]
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_SIMPLE = re.compile(rb"([2-5][0-9][0-9])(?: (?:([2-5]\.[0-9]{1,3}\.[0-9]{1,3}) )?([\x20-\x7e]*))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,12 @@ class Reply:
 
         @raise ValueError: the lines are not a well-formed reply.
         """
+        if len(lines) == 1:
+            simple = _SIMPLE.fullmatch(lines[0])
+            if simple is not None:  # the usual "250 2.1.0 Ok": no loop, no cleaning
+                code, enhanced, text = simple.groups()
+                if enhanced is None or enhanced[:1] == code[:1]:
+                    return cls(int(code), enhanced and enhanced.decode(), ((text or b"").decode(),))
         code = None
         texts = []
         enhanced = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from twisted.logger import Logger
 
@@ -50,6 +51,20 @@ class AddressRedactor:
         return "-"
 
 
+_TRANSACTION = (
+    "{queueId} {result}: tenant={tenant} client={client} from={sender} recipients={recipients} "
+    "size={size} upstream={upstream} reply={reply} duration={seconds}s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    messages: object
+    recipients: object
+    bytes: object
+    duration: object
+
+
 def _result(reply: Reply) -> str:
     """A final reply as a C{result} label value."""
     if reply.positive:
@@ -70,6 +85,7 @@ class Reporter:
         self.metrics = metrics
         self._redact = redact
         self._usage = usage
+        self._children: dict[tuple[str, str], _Counters] = {}
 
     def connectionOpened(self) -> None:
         self.metrics.connections.inc()
@@ -130,18 +146,16 @@ class Reporter:
         tenant = client.tenant.name if client.tenant else "-"
         result = "aborted" if aborted else _result(reply)
         recipients = len(transaction.recipients)
-        m = self.metrics
-        m.messages.labels(tenant, result).inc()
-        m.recipients.labels(tenant, result).inc(recipients)
+        counters = self._counters(tenant, result)
+        counters.messages.inc()
+        counters.recipients.inc(recipients)
         if self._usage is not None and client.tenant is not None:
             self._usage.count(tenant, result, recipients, transaction.size)
         if result == "relayed":
-            m.messageBytes.labels(tenant).inc(transaction.size)
-            m.messageSize.observe(transaction.size)
-            m.relayDuration.labels(tenant).observe(seconds)
-        self.log.info(
-            "{queueId} {result}: tenant={tenant} client={client} from={sender} recipients={recipients} "
-            "size={size} upstream={upstream} reply={reply} duration={seconds}s",
+            counters.bytes.inc(transaction.size)
+            counters.duration.observe(seconds)
+            self.metrics.messageSize.observe(transaction.size)
+        fields = dict(
             queueId=transaction.queueId,
             result=result,
             tenant=tenant,
@@ -153,3 +167,20 @@ class Reporter:
             reply=f"{reply.code} {reply.enhanced or ''}".strip(),
             seconds=round(seconds, 3),
         )
+        # Rendered here with str.format (C) rather than by the log observer's
+        # pure-Python formatter: this line is written for every message.
+        self.log.info("{line}", line=_TRANSACTION.format(**fields), **fields)
+
+    def _counters(self, tenant: str, result: str) -> _Counters:
+        """The labelled metric children of a tenant and result, looked up once."""
+        key = (tenant, result)
+        counters = self._children.get(key)
+        if counters is None:
+            m = self.metrics
+            counters = self._children[key] = _Counters(
+                m.messages.labels(tenant, result),
+                m.recipients.labels(tenant, result),
+                m.messageBytes.labels(tenant),
+                m.relayDuration.labels(tenant),
+            )
+        return counters

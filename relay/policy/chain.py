@@ -12,10 +12,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay.interfaces import IPolicy
+from relay.plugin import Policy
 from relay.verdict import CONTINUE, Decision, Verdict, tempfail
 
 __all__ = ["PolicyChain"]
 
+HOOKS = ("connect", "auth", "mailFrom", "rcptTo", "headers", "bodyChunk", "endOfData", "reset", "disconnect")
 _POLICY_FAILED = tempfail(451, "4.3.0", "Temporary policy failure, try again later")
 
 
@@ -44,10 +46,12 @@ class PolicyChain:
         self._clock = clock
         self._timeout = timeout
         self._onRefusal = onRefusal
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self._policies]
+        # Per hook, only the policies that do something there: a hook left
+        # as relay.plugin.Policy has it always answers CONTINUE.
+        self._byHook = {
+            hook: tuple(p for p in self._policies if getattr(type(p), hook, None) is not getattr(Policy, hook))
+            for hook in HOOKS
+        }
 
     def check(self, hook: str, *args) -> Verdict | Deferred[Verdict]:
         """
@@ -58,7 +62,7 @@ class PolicyChain:
             objected), or a Deferred firing with it when a policy answered
             with a Deferred; the Deferred never fails.
         """
-        return self._resume(iter(self._policies), hook, args)
+        return self._resume(iter(self._byHook[hook]), hook, args)
 
     def _resume(self, policies: Iterator[IPolicy], hook: str, args: tuple) -> Verdict | Deferred[Verdict]:
         for policy in policies:
@@ -107,7 +111,7 @@ class PolicyChain:
         Call a notification hook (C{reset}, C{disconnect}) of every policy;
         failures are logged and otherwise ignored.
         """
-        for policy in self._policies:
+        for policy in self._byHook[hook]:
             try:
                 result = getattr(policy, hook)(*args)
             except Exception:

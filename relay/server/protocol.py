@@ -31,6 +31,7 @@ from relay.server.context import ServerContext
 from relay.server.dataframe import DataScanner
 from relay.server.session import RelaySession
 from relay.server.throttle import Throttle
+from relay.transports import noDelay, writeNow
 
 __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 
@@ -93,6 +94,7 @@ class SMTPServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
+        noDelay(self.transport)
         peer = self.transport.getPeer()
         self.client = ClientInfo(newQueueId(), getattr(peer, "host", "local"), getattr(peer, "port", 0))
         self._throttle = Throttle(self.transport)
@@ -263,7 +265,7 @@ class SMTPServerProtocol(Protocol):
 
     def _flush(self) -> None:
         if self._output:
-            self.transport.write(b"".join(self._output))
+            writeNow(self.transport, b"".join(self._output))
             self._output.clear()
 
     def _close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from relay.envelope import ClientInfo, Transaction
 
@@ -21,16 +22,23 @@ def _protocol(client: ClientInfo) -> str:
     return "ESMTP" + ("S" if client.tls else "") + ("A" if client.username else "")
 
 
-def traceHeader(client: ClientInfo, transaction: Transaction, hostname: str, now: datetime | None = None) -> bytes:
+@lru_cache(maxsize=2)
+def _date(second: int) -> str:
+    """An RFC 5322 date, made once per second however many messages pass."""
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S %z")
+
+
+def traceHeader(client: ClientInfo, transaction: Transaction, hostname: str, now: float) -> bytes:
     """
-    The C{Received:} field for this transaction, folded, ending in CRLF.
+    The C{Received:} field for this transaction at time C{now} (seconds
+    since the epoch), folded, ending in CRLF.
     The client's HELO name is reduced to safe characters; a single
     recipient is named, several are not (they would disclose each other).
     """
     helo = _UNSAFE.sub("?", client.helo or "unknown")[:255]
     tls = f" (using {client.tls})" if client.tls else ""
     recipient = f"\r\n\tfor <{transaction.recipients[0]}>" if len(transaction.recipients) == 1 else ""
-    when = (now or datetime.now(timezone.utc)).strftime("%a, %d %b %Y %H:%M:%S %z")
+    when = _date(int(now))
     return (
         f"Received: from {helo} ([{client.address}])\r\n"
         f"\tby {hostname} (smtprelay) with {_protocol(client)}{tls}\r\n"

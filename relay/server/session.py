@@ -430,7 +430,7 @@ class RelaySession:
         if reply.code != 354:
             return self._finishTransaction(transaction, reply, Release.DIRTY)
         if not self._closed:
-            trace = traceHeader(self.client, transaction, self._ctx.hostname)
+            trace = traceHeader(self.client, transaction, self._ctx.hostname, self._ctx.reactor.seconds())
             self._stream = MessageStream(
                 self.client,
                 transaction,

@@ -90,7 +90,7 @@ class UpstreamPool:
         return sorted(upstreams, key=lambda u: (u.priority, self._random.random()))
 
     async def _begin(self, tenant: Tenant, sender: str, parameters) -> tuple[IUpstreamSession, Reply]:
-        error = UpstreamError("connect", f"tenant {tenant.name} has no upstream")
+        error = None
         for upstream in self._inOrder(tenant.upstreams):
             reused = True
             while reused:
@@ -112,7 +112,7 @@ class UpstreamPool:
                     self._reporter.upstreamError(session.upstreamType, e.kind)
                     self.release(session, Release.BROKEN)
                     error = e
-        raise error
+        raise error or UpstreamError("connect", f"tenant {tenant.name} has no upstream")
 
     def _acquire(self, url: UpstreamURL) -> Deferred[tuple[IUpstreamSession, bool]]:
         """A session to C{url}: idle if one is, new if under the cap, else wait."""

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from relay.interfaces import IUpstreamSession
 from relay.reply import Reply
+from relay.transports import noDelay, writeNow
 from relay.upstreams import UpstreamError
 
 __all__ = ["SMTPClientProtocol", "SMTPSession"]
@@ -51,6 +52,9 @@ class SMTPClientProtocol(Protocol):
     def alive(self) -> bool:
         return self._error is None and self.connected
 
+    def connectionMade(self) -> None:
+        noDelay(self.transport)
+
     def send(self, line: bytes, discardAfter: bool = False) -> Deferred[Reply]:
         """
         Send one command line (without CRLF).
@@ -62,7 +66,7 @@ class SMTPClientProtocol(Protocol):
         """
         if self._error is not None:
             return fail(self._error)
-        self.transport.write(line + b"\r\n")
+        writeNow(self.transport, line + b"\r\n")
         return self._expect(discardAfter, self._timeout)
 
     def expectReply(self) -> Deferred[Reply]:
@@ -203,7 +207,7 @@ class SMTPSession:
             self._protocol.transport.unregisterProducer()
 
     def end(self) -> Deferred[list[Reply]]:
-        self._protocol.transport.write(b".\r\n" if self._atLineStart else b"\r\n.\r\n")
+        writeNow(self._protocol.transport, b".\r\n" if self._atLineStart else b"\r\n.\r\n")
         return self._endReplies()
 
     def _endReplies(self) -> Deferred[list[Reply]]:
