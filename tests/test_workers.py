@@ -33,7 +33,6 @@ def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
     relay = RelayProcess(tmp_path / "relay", ca, "--workers=2")
     with UpstreamServer(tls=upstreamCert) as up:
         account = relay.addTenant("workers", upstreamURL(up, ca=str(ca.cert)))
-        time.sleep(0.5)  # both workers reload the store
         for _ in range(12):
             with relay.connect(account) as client:
                 assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}

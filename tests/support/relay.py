@@ -28,7 +28,7 @@ from tests.support.certs import CA
 from tests.support.process import stopProcess
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-_GENERATION = re.compile(r"tenant directory at generation (\d+)")
+_GENERATION = re.compile(r"(?:\[worker (\d+)\] )?tenant directory at generation (\d+)")
 
 
 def freePort() -> int:
@@ -85,7 +85,8 @@ class RelayProcess:
         ]  # fmt: skip
         self.stdoutFile = directory / "stdout.log"
         with open(self.stdoutFile, "wb") as stdout:
-            self.process = subprocess.Popen(
+            self.workers = int(([a.split("=", 1)[1] for a in arguments if a.startswith("--workers=")] or ["1"])[-1])
+        self.process = subprocess.Popen(
                 command, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(environment or {})}
             )
         self._waitForPort()
@@ -113,11 +114,13 @@ class RelayProcess:
         return self.stdoutFile.read_text(errors="replace")
 
     def waitForGeneration(self, generation: int, timeout: float = 10.0) -> None:
-        """Wait until the relay has loaded this store generation (or a later one)."""
+        """Wait until the relay (every worker of it) has loaded this store generation or a later one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            loaded = [int(g) for g in _GENERATION.findall(self.log() + self.stdout())]
-            if loaded and max(loaded) >= generation:
+            loaded: dict[str, int] = {}
+            for worker, seen in _GENERATION.findall(self.log() + self.stdout()):
+                loaded[worker] = max(loaded.get(worker, 0), int(seen))
+            if len(loaded) >= self.workers and all(seen >= generation for seen in loaded.values()):
                 return
             time.sleep(0.05)
         raise AssertionError(f"relay did not load store generation {generation}:\n{self.log()}")
