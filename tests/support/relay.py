@@ -84,9 +84,9 @@ class RelayProcess:
             *arguments,
         ]  # fmt: skip
         self.stdoutFile = directory / "stdout.log"
+        self.workers = int(([a.split("=", 1)[1] for a in command if a.startswith("--workers=")] or ["1"])[-1])
         with open(self.stdoutFile, "wb") as stdout:
-            self.workers = int(([a.split("=", 1)[1] for a in arguments if a.startswith("--workers=")] or ["1"])[-1])
-        self.process = subprocess.Popen(
+            self.process = subprocess.Popen(
                 command, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(environment or {})}
             )
         self._waitForPort()
