@@ -75,9 +75,11 @@ class _Worker(ProcessProtocol):
         self._buffer = b""
 
     def outReceived(self, data: bytes) -> None:
+        # jsonFileLogObserver writes one record a line: RS, JSON, LF.
         self._buffer += data
-        *records, self._buffer = self._buffer.split(_RECORD_SEPARATOR)
+        *records, self._buffer = self._buffer.split(b"\n")
         for record in records:
+            record = record.lstrip(_RECORD_SEPARATOR)
             if record.strip():
                 event = eventFromJSON(record.decode("utf-8", "replace"))
                 event["worker"] = self.index

@@ -53,3 +53,27 @@ def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
         assert relay.stop() == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_worker_log_records_forwarded_at_once():
+    """Each log record a worker writes is published as soon as its line is complete, split reads or not."""
+    from twisted.logger import eventAsJSON, globalLogPublisher
+
+    from relay.workers import _Worker
+
+    seen = []
+    observer = seen.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        worker = _Worker(service=None, index=3)
+        records = [b"\x1e" + eventAsJSON({"log_format": f"line {i}", "log_time": 0.0}).encode() + b"\n" for i in range(2)]
+        stream = b"".join(records)
+        worker.outReceived(stream[:10])
+        assert [e for e in seen if e.get("worker") == 3] == []
+        worker.outReceived(stream[10 : len(records[0])])
+        assert [e["log_format"] for e in seen if e.get("worker") == 3] == ["line 0"]
+        worker.outReceived(stream[len(records[0]) :])
+        assert [e["log_format"] for e in seen if e.get("worker") == 3] == ["line 0", "line 1"]
+        assert seen[-1]["log_system"] == "worker 3"
+    finally:
+        globalLogPublisher.removeObserver(observer)
