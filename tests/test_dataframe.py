@@ -6,6 +6,7 @@ however the stream is split into reads.
 import pytest
 
 from relay.server.dataframe import DataError, DataScanner
+from tests.support.smuggling import SMUGGLING
 
 BIG = 10 * 1024 * 1024
 
@@ -64,21 +65,6 @@ def test_no_end_yet():
     assert scanner.feed(b"abc\r\n.") == (b"abc", None)
     assert scanner.feed(b"x\r\n") == (b"\r\nx", None)
     assert scanner.feed(b"\r\n.\r\n") == (b"\r\n\r\n", b"")
-
-
-SMUGGLING = [
-    b"\n.\r\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\n.\n",
-    b"\r\n.\n",
-    b"\n.\r",
-    b"\r.\r",
-    b"\r.\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n.\x00\r\n",
-    b"\n\x00.\r\n",
-]
 
 
 @pytest.mark.parametrize("marker", SMUGGLING)

@@ -17,23 +17,11 @@ import pytest
 
 from tests.support.raw import RawClient
 from tests.support.relay import RelayProcess, upstreamURL
+from tests.support.smuggling import SMUGGLING
 from tests.support.upstream import UpstreamServer
 
 HEADERS = b"From: a@example.com\r\nSubject: test\r\n\r\n"
 SECOND = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nFrom: a@example.com\r\n\r\nsmuggled\r\n"
-SMUGGLING = [
-    b"\n.\r\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\n.\n",
-    b"\r\n.\n",
-    b"\n.\r",
-    b"\r.\r",
-    b"\r.\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n.\x00\r\n",
-    b"\n\x00.\r\n",
-]
 
 
 @pytest.fixture
