@@ -117,3 +117,18 @@ def test_current_hash_left_alone(checker):
     checker.bind(checker.directory, checker.reactor, checker.reactor, store)
     assert check(checker, b"alice", b"right") == "acme"
     assert store.upgrades == []
+
+
+def test_identical_attempts_at_once_hash_once(checker):
+    """Many connections logging in with the same credentials at the same time cost one hash."""
+
+    held = []
+    checker.reactor.callInThreadWithCallback = lambda onResult, f, *a: held.append((onResult, f, a))
+    attempts = [checker.requestAvatarId(UsernamePassword(b"alice", b"right")) for _ in range(50)]
+    assert len(held) == 1
+    onResult, f, args = held[0]
+    onResult(True, f(*args))
+    results = []
+    for attempt in attempts:
+        attempt.addBoth(results.append)
+    assert results == ["acme"] * 50 and checker.calls == ["right"]

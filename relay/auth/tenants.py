@@ -69,6 +69,7 @@ class TenantChecker:
         self._pool = threadPool
         self._store = store
         self._verified = VerifiedCache(reactor)
+        self._inFlight: dict[bytes, list[Deferred[bool]]] = {}
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
         try:
@@ -77,19 +78,41 @@ class TenantChecker:
         except UnicodeDecodeError:
             return fail(UnauthorizedLogin("credentials are not UTF-8"))
         login = self._directory.login(username)
-        if login is not None and (username, password, login.passwordHash) in self._verified:
+        encoded = None if login is None else login.passwordHash
+        digest = self._verified.digest(username, password, encoded or "")
+        if login is not None and digest in self._verified:
             return succeed(login.tenant)
 
         def checked(valid: bool) -> str:
             if login is None or not valid:
                 raise UnauthorizedLogin()
-            self._verified.add(username, password, login.passwordHash)
+            self._verified.add(digest)
             if self._store is not None and needsRehash(login.passwordHash):
                 self._upgrade(username, password, login.passwordHash)
             return login.tenant
 
-        encoded = None if login is None else login.passwordHash
-        return deferToThreadPool(self._reactor, self._pool, _verify, password, encoded).addCallback(checked)
+        return self._verifyOnce(digest, password, encoded).addCallback(checked)
+
+    def _verifyOnce(self, digest: bytes, password: str, encoded: str | None) -> Deferred[bool]:
+        """
+        Hash once for identical attempts made at the same time (a tenant
+        opening many connections at once): the later ones wait for the
+        first one's answer instead of hashing again.
+        """
+        waiter: Deferred[bool] = Deferred()
+        waiting = self._inFlight.get(digest)
+        if waiting is not None:
+            waiting.append(waiter)
+            return waiter
+        waiting = self._inFlight[digest] = [waiter]
+
+        def answer(result) -> None:
+            del self._inFlight[digest]
+            for each in waiting:
+                each.callback(result)
+
+        deferToThreadPool(self._reactor, self._pool, _verify, password, encoded).addBoth(answer)
+        return waiter
 
 
     def _upgrade(self, username: str, password: str, old: str) -> None:

@@ -33,18 +33,18 @@ class VerifiedCache:
         self._key = os.urandom(32)
         self._entries: OrderedDict[bytes, float] = OrderedDict()
 
-    def _digest(self, username: str, password: str, encoded: str) -> bytes:
+    def digest(self, username: str, password: str, encoded: str) -> bytes:
+        """The key of an attempt: a keyed HMAC of the user name, password and stored hash."""
         message = "\0".join((username, password, encoded)).encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def __contains__(self, attempt: tuple[str, str, str]) -> bool:
-        """Whether C{(username, password, storedHash)} was verified recently."""
-        expires = self._entries.get(self._digest(*attempt))
+    def __contains__(self, digest: bytes) -> bool:
+        """Whether the attempt with this L{digest} was verified recently."""
+        expires = self._entries.get(digest)
         return expires is not None and expires > self._clock.seconds()
 
-    def add(self, username: str, password: str, encoded: str) -> None:
+    def add(self, digest: bytes) -> None:
         """Remember a successful verification."""
-        digest = self._digest(username, password, encoded)
         self._entries.pop(digest, None)
         self._entries[digest] = self._clock.seconds() + self._lifetime
         while len(self._entries) > self._size:
