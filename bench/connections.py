@@ -60,12 +60,21 @@ async def idleSession(port: int, held: list, errors: Counter) -> None:
         errors[f"idle: {type(e).__name__}: {str(e)[:60]}"] += 1
 
 
-async def busySession(port: int, credentials: bytes, messages: int, done: Counter, errors: Counter) -> None:
+async def busySession(
+    port: int, credentials: bytes, messages: int, ready: asyncio.Queue, go: asyncio.Event, done: Counter, errors: Counter
+) -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await reply(reader)
         await command(reader, writer, b"EHLO busy.bench", b"250")
         await command(reader, writer, b"AUTH PLAIN " + credentials, b"235")
+    except Exception as e:  # noqa: BLE001 - counted, reported
+        errors[f"busy: {type(e).__name__}: {str(e)[:60]}"] += 1
+        return
+    finally:
+        ready.put_nowait(None)
+    await go.wait()  # every session logged in: now all relay at once
+    try:
         for _ in range(messages):
             await command(reader, writer, b"MAIL FROM:<a@example.com>", b"250")
             await command(reader, writer, b"RCPT TO:<b@example.net>", b"250")
@@ -93,8 +102,18 @@ async def run(relay: RelayProcess, account, args) -> int:
           f"-> {idleRSS / 1024:.0f} MB ({(idleRSS - before) / max(1, len(held)):.1f} kB per session)")  # fmt: skip
     credentials = b64encode(f"\0{account.username}\0{account.password}".encode())
     done: Counter = Counter()
+    ready: asyncio.Queue = asyncio.Queue()
+    go = asyncio.Event()
+    sessions = []
+    for start in range(0, args.busy, 50):  # connect in batches, as above
+        sessions += [
+            asyncio.create_task(busySession(relay.port, credentials, args.messages, ready, go, done, errors))
+            for _ in range(min(50, args.busy - start))
+        ]
+        for _ in range(min(50, args.busy - start)):
+            await ready.get()
     started = time.monotonic()
-    sessions = [asyncio.create_task(busySession(relay.port, credentials, args.messages, done, errors)) for _ in range(args.busy)]
+    go.set()
     await asyncio.gather(*sessions)
     elapsed = time.monotonic() - started
     print(f"{args.busy} concurrent sessions relayed {done['relayed']} messages in {elapsed:.1f} s "
