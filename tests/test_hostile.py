@@ -222,3 +222,26 @@ def test_sigterm_drains(ca, upstreamCert, tmp_path):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", relay.port), timeout=2)
     relay.stop()
+
+
+def tlsVersion(relay: RelayProcess, maximum: ssl.TLSVersion) -> str | None:
+    """The TLS version negotiated by a client capped at C{maximum}, or None when the handshake fails."""
+    context = relay.clientContext()
+    context.maximum_version = maximum
+    try:
+        with socket.create_connection(("127.0.0.1", relay.smtpsPort), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                return tls.version()
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+def test_tls_profiles(relay, ca, tmp_path):
+    """The intermediate profile (default) takes TLS 1.2; the modern profile takes TLS 1.3 only."""
+    assert tlsVersion(relay, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    modern = RelayProcess(tmp_path / "modern", ca, "--tls-profile=modern")
+    try:
+        assert tlsVersion(modern, ssl.TLSVersion.TLSv1_2) is None
+        assert tlsVersion(modern, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    finally:
+        modern.stop()
