@@ -1,1 +1,0 @@
-"""An example smtprelay plugin distribution."""
