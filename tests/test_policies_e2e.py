@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from base64 import b64encode
 import smtplib
 import time
 
@@ -101,7 +102,7 @@ def test_size(relay, upstream, tenant):
     assert upstream.messages == []
 
 
-def test_message_rate_and_concurrency(relay, upstream, tenant):
+def test_message_rate(relay, upstream, tenant):
     """Beyond the message rate: 450 4.7.1 at MAIL (nothing lost: the client keeps it)."""
     configure(relay, tenant, rate=Rate.parse("2/1h"))
     with session(relay, tenant) as client:
@@ -257,3 +258,40 @@ def test_redis_budget_shared_by_two_relays(ca, upstreamCert, tmp_path):
             relay.stop()
         for key in server.scan_iter(f"smtprelay:*{name}*"):
             server.delete(key)
+
+
+def test_concurrency_cap(relay, upstream, tenant):
+    """One message in flight at once: a second session's MAIL is tempfailed until the first ends."""
+    configure(relay, tenant, maxConcurrency=1)
+    with session(relay, tenant) as first, session(relay, tenant) as second:
+        assert first.mail("a@example.com")[0] == 250
+        assert second.mail("a@example.com") == (450, b"4.7.1 Too many messages in flight for this tenant, try again later")
+        first.rset()
+        assert second.mail("a@example.com")[0] == 250
+
+
+def test_connection_caps_and_auth_lockout(ca, upstreamCert, tmp_path):
+    """Per-address connection cap (421 4.7.0); AUTH failures slow down, then lock the address out."""
+    relay = RelayProcess(tmp_path / "relay", ca, "--max-connections-per-ip=2", "--max-auth-failures=3")
+    try:
+        with UpstreamServer(tls=upstreamCert) as up:
+            account = relay.addTenant("caps", upstreamURL(up, ca=str(ca.cert)))
+            held = [RawClient(relay.port, relay.clientContext()) for _ in range(2)]
+            with pytest.raises(AssertionError, match="421 4.7.0 Too many connections from your address"):
+                RawClient(relay.port, relay.clientContext())
+            for client in held:
+                client.close()
+            time.sleep(0.5)
+            client = RawClient(relay.port, relay.clientContext())
+            client.startTLS()
+            wrong = b"AUTH PLAIN " + b64encode(f"\0{account.username}\0wrong".encode())
+            started = time.monotonic()
+            assert client.command(wrong).startswith("535 5.7.8")
+            assert client.command(wrong).startswith("535 5.7.8")
+            assert time.monotonic() - started >= 3  # answered after 1 s, then 2 s
+            assert client.command(wrong).startswith("421 4.7.0 Too many authentication")
+            with pytest.raises(AssertionError, match="421 4.7.0 Too many authentication failures"):
+                RawClient(relay.port, relay.clientContext())
+            assert relay.log().count(f"smtprelay auth failed: client=127.0.0.1 user={account.username}") == 3
+    finally:
+        relay.stop()
