@@ -1,6 +1,7 @@
 """
 C{--log-format json}: one JSON object per line on standard output, for
-journald, Docker or any log pipeline, instead of twistd's text lines.
+journald, Docker or any log pipeline, instead of twistd's text lines; and
+L{BatchedOutput}, how a C{--workers} child passes its log to the parent.
 
 Each object has C{time} (ISO 8601, UTC), C{level}, C{namespace}, C{text}
 (the rendered message) and every plain field of the event (strings,
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from datetime import datetime, timezone
 from typing import IO
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent
 from twisted.python.components import Componentized
 
-__all__ = ["FORMATS", "jsonObserver", "useLogFormat"]
+__all__ = ["FORMATS", "BatchedOutput", "jsonObserver", "useLogFormat"]
 
 FORMATS = ("text", "json")
 _PLAIN = (str, int, float, bool, type(None))
@@ -52,3 +54,46 @@ def useLogFormat(parent, logFormat: str) -> None:
     """
     if logFormat == "json" and isinstance(parent, Componentized):
         parent.setComponent(ILogObserver, jsonObserver())
+
+
+class BatchedOutput:
+    """
+    A file for a log observer that passes its lines on in batches.
+
+    A relay writes a log line per message; written and flushed one by one
+    into the pipe to the C{--workers} parent, each costs a system call here
+    and a wake-up of the parent.  Lines are kept until C{limit} characters
+    are waiting or L{drain} is called (the worker calls it every few tenths
+    of a second and when it stops), then written and flushed at once.  Safe
+    to write from any thread.  A worker killed outright loses at most the
+    lines of the last interval.
+    """
+
+    def __init__(self, out: IO[str], limit: int = 64 * 1024):
+        self._out = out
+        self._limit = limit
+        self._lines: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self._lines.append(text)
+            self._size += len(text)
+            if self._size >= self._limit:
+                self._drainLocked()
+
+    def flush(self) -> None:
+        """Called by the observer after every line: batching, so not now."""
+
+    def drain(self) -> None:
+        """Write and flush every line waiting."""
+        with self._lock:
+            self._drainLocked()
+
+    def _drainLocked(self) -> None:
+        if self._lines:
+            self._out.write("".join(self._lines))
+            self._lines.clear()
+            self._size = 0
+            self._out.flush()

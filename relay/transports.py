@@ -5,12 +5,15 @@ An SMTP relay's hot path is a ping-pong of small lines (a client command, the
 same command upstream, the upstream's reply, ours).  Twisted sends a write
 on the reactor's next turn, after polling again and registering the socket
 for writing; for these lines that doubles the turns and the system calls
-per command.  L{writeNow} writes such a line straight to a plain TCP socket
-when nothing is queued before it (what asyncio's transports do), and
-otherwise sends the queue right away through the transport's own
-C{doWrite}; message data keeps the normal, flow-controlled path.  Both lean
-on C{twisted.internet.abstract.FileDescriptor}'s buffer attributes, so they
-live here, in one place.
+per command.  L{writeNow} writes straight to a plain TCP socket when nothing
+is queued before it (what asyncio's transports do): command lines and
+message data alike, so a chunk of message that fits in the socket buffer
+costs no registration for writing.  What the socket does not take is queued
+as usual, under the transport's flow control (a registered producer is
+paused when the queue grows).  With something already queued, or on TLS,
+command lines are sent right away through the transport's own C{doWrite}.
+This leans on C{twisted.internet.abstract.FileDescriptor}'s buffer
+attributes, so it lives here, in one place.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def _descriptor(transport) -> FileDescriptor | None:
 
 
 def _open(descriptor: FileDescriptor | None) -> bool:
-    """Writable by us: connected, not closing, no producer streaming into it."""
-    return descriptor is not None and descriptor.connected and not descriptor.disconnecting and descriptor.producer is None
+    """Writable by us: connected and not closing."""
+    return descriptor is not None and descriptor.connected and not descriptor.disconnecting
 
 
 def _empty(connection: Connection) -> bool:
@@ -48,9 +51,11 @@ def _empty(connection: Connection) -> bool:
 
 def writeNow(transport, data: bytes) -> None:
     """
-    Write C{data} to C{transport} and send it now, not on the reactor's next
-    turn.  Skipped while the connection closes or a producer streams into
-    it; a write error is left for the reactor to find, as usual.
+    Write C{data} to C{transport} and send what the socket takes now, not
+    on the reactor's next turn.  While the connection closes, or when
+    something is queued and a producer streams into the transport, C{data}
+    is only queued.  A write error is left for the reactor to find, as
+    usual.
     """
     if isinstance(transport, Connection) and not transport.TLS and _open(transport) and _empty(transport):
         sent = transport.writeSomeData(data)
@@ -61,5 +66,5 @@ def writeNow(transport, data: bytes) -> None:
         return
     transport.write(data)
     descriptor = _descriptor(transport)
-    if _open(descriptor):
+    if _open(descriptor) and descriptor.producer is None:
         descriptor.doWrite()

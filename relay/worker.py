@@ -12,28 +12,38 @@ import sys
 __all__ = ["main"]
 
 
+LOG_INTERVAL = 0.25  # seconds between batches of log lines to the parent
+
+
 def main(argv: list[str]) -> int:
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
+    from relay.logs import BatchedOutput
     from relay.tap import Options
 
     options = Options()
     options.parseOptions(argv)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    output = BatchedOutput(sys.stdout)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(output)], redirectStandardIO=False)
 
     from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
 
     from relay.service import RelayService, StartupError
 
     try:
-        service = RelayService(options, reactor)
-    except StartupError as e:
-        print(f"smtprelay worker: {e}", file=sys.stderr)
-        return 1
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    return 0
+        try:
+            service = RelayService(options, reactor)
+        except StartupError as e:
+            print(f"smtprelay worker: {e}", file=sys.stderr)
+            return 1
+        LoopingCall(output.drain).start(LOG_INTERVAL, now=False)
+        service.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        reactor.run()
+        return 0
+    finally:
+        output.drain()
 
 
 if __name__ == "__main__":

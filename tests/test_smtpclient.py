@@ -105,3 +105,23 @@ def test_reply_timeout():
     assert result(d) is None
     clock.advance(0.1)
     assert result(d).value.kind == "timeout" and transport.disconnected
+
+
+def test_reply_timeout_counts_from_the_command_or_the_reply_before():
+    """
+    One timer serves the connection: a command sent after an idle spell
+    still has the whole timeout, and of two pipelined commands the second
+    has the whole timeout from the first one's reply.
+    """
+    clock, protocol, transport = connected(timeout=5)
+    protocol.dataReceived(b"220 hi\r\n")
+    clock.advance(4)  # idle, as in the pool
+    first = protocol.send(b"MAIL FROM:<a@b>")
+    second = protocol.send(b"RCPT TO:<c@d>")
+    clock.advance(4.5)  # the original timer's time has passed
+    protocol.dataReceived(b"250 ok\r\n")
+    assert result(first).code == 250
+    clock.advance(4.9)
+    assert result(second) is None and not transport.disconnected
+    clock.advance(0.1)
+    assert result(second).value.kind == "timeout" and transport.disconnected

@@ -77,3 +77,31 @@ def test_worker_log_records_forwarded_at_once():
         assert seen[-1]["log_system"] == "worker 3"
     finally:
         globalLogPublisher.removeObserver(observer)
+
+
+def test_worker_log_lines_batched():
+    """A worker's log lines reach the pipe together: at a drain, or once the batch is big, whole and in order."""
+    import io
+
+    from relay.logs import BatchedOutput
+
+    class Pipe(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            self.writes += 1
+            return super().write(text)
+
+    pipe = Pipe()
+    output = BatchedOutput(pipe, limit=100)
+    for i in range(3):
+        output.write(f"line {i}\n")
+        output.flush()  # what the observer does after each line
+    assert pipe.getvalue() == "" and pipe.writes == 0
+    output.drain()
+    assert pipe.getvalue() == "line 0\nline 1\nline 2\n" and pipe.writes == 1
+    output.drain()
+    assert pipe.writes == 1  # nothing waiting, nothing written
+    output.write("x" * 60 + "\n")
+    output.write("y" * 60 + "\n")  # over the limit: written without a drain
+    assert pipe.getvalue().endswith("x" * 60 + "\n" + "y" * 60 + "\n") and pipe.writes == 2

@@ -18,6 +18,7 @@ __all__ = ["DataError", "DataScanner", "MAX_TEXT_LINE"]
 
 MAX_TEXT_LINE = 1000  # octets including CRLF, RFC 5321 §4.5.3.1.6
 _END = b"\r\n.\r\n"
+_DOT_LINE = b"\r\n."  # starts the end marker and every stuffed line
 
 
 class DataError(enum.Enum):
@@ -75,10 +76,13 @@ class DataScanner:
         buf = self._held + data if self._held else data
         lineStart = self._lineStart
         rest = None
+        # Both the end marker and a stuffed dot begin with CRLF ".": one
+        # search rules out the two in the usual read, which has neither.
+        dotted = buf.find(_DOT_LINE) >= 0
         if lineStart and buf[:3] == b".\r\n":
             segment, rest = b"", buf[3:]
         else:
-            i = buf.find(_END)
+            i = buf.find(_END) if dotted else -1
             if i >= 0:
                 segment, rest = buf[: i + 2], buf[i + 5 :]
             else:
@@ -99,7 +103,7 @@ class DataScanner:
             return b"", rest
         if lineStart and segment[:1] == b".":
             segment = segment[1:]
-        content = segment.replace(b"\r\n.", b"\r\n")
+        content = segment.replace(_DOT_LINE, b"\r\n") if dotted else segment
         self.size += len(content)
         if self.size > self._maxSize:
             self.error = DataError.TOO_BIG
@@ -107,28 +111,32 @@ class DataScanner:
         return content, rest
 
     def _check(self, segment: bytes) -> None:
-        crlf = segment.count(b"\r\n")
-        if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
+        """
+        Framing of a segment, which never splits a CRLF (a trailing CR is
+        held back): every CR and LF must be part of a CRLF, no NUL, no line
+        over 1000 octets.  Built on one C{split}, the fastest pass over the
+        bytes that pure Python has; no Python code runs per line.
+        """
+        lines = segment.split(b"\r\n")
+        joined = b"".join(lines)
+        if b"\r" in joined or b"\n" in joined:
             self.error = DataError.BARE_LINE_END
-        elif b"\0" in segment:
+        elif b"\0" in joined:
             self.error = DataError.NUL
-        elif self._longestLine(segment) > MAX_TEXT_LINE:
+        elif self._longestLine(lines) > MAX_TEXT_LINE:
             self.error = DataError.LINE_TOO_LONG
 
-    def _longestLine(self, segment: bytes) -> int:
+    def _longestLine(self, lines: list[bytes]) -> int:
         """
-        The longest line this segment ends or contains, counting CRLF; an
-        unfinished line counts its CRLF to come.  Updates the running length
-        of the unfinished line.
+        The longest line, counting CRLF, among the C{lines} of a segment
+        (split at CRLF; the last one is unfinished and counts its CRLF to
+        come).  Updates the running length of the unfinished line.
         """
-        last = segment.rfind(b"\n")
-        if last < 0:
-            self._lineLength += len(segment)
+        if len(lines) == 1:
+            self._lineLength += len(lines[0])
             return self._lineLength + 2
-        first = segment.find(b"\n")
-        longest = self._lineLength + first + 1
-        if last - first > MAX_TEXT_LINE:
-            middle = segment[first + 1 : last].split(b"\n")
-            longest = max(longest, max(map(len, middle)) + 1)
-        self._lineLength = len(segment) - last - 1
-        return max(longest, self._lineLength + 2)
+        longest = self._lineLength + len(lines[0])
+        if len(lines) > 2:
+            longest = max(longest, max(map(len, lines[1:-1])))
+        self._lineLength = len(lines[-1])
+        return max(longest, self._lineLength) + 2

@@ -35,6 +35,11 @@ class SMTPClientProtocol(Protocol):
     """
     Sends command lines and fires one Deferred per reply, in order.
 
+    The server has C{timeout} seconds for each reply, counted from the
+    command (or from the reply before it, when commands are pipelined).  One
+    timer per connection keeps that deadline: it is moved, not re-created,
+    as replies come in.
+
     @ivar greeting: fires with the server's greeting reply.
     """
 
@@ -43,10 +48,12 @@ class SMTPClientProtocol(Protocol):
         self._timeout = timeout
         self._buffer = b""
         self._lines: list[bytes] = []
-        self._waiting: deque[tuple[Deferred[Reply], IDelayedCall, bool]] = deque()
+        self._waiting: deque[tuple[Deferred[Reply], bool]] = deque()
+        self._since = 0.0  # when the oldest waiting reply's time started
+        self._timer: IDelayedCall | None = None
         self._error: UpstreamError | None = None
         self.lost = False
-        self.greeting = self._expect(False, timeout)
+        self.greeting = self._expect(False)
 
     @property
     def alive(self) -> bool:
@@ -67,24 +74,38 @@ class SMTPClientProtocol(Protocol):
         if self._error is not None:
             return fail(self._error)
         writeNow(self.transport, line + b"\r\n")
-        return self._expect(discardAfter, self._timeout)
+        return self._expect(discardAfter)
 
     def expectReply(self) -> Deferred[Reply]:
         """Wait for one more reply without sending a command (end of data)."""
         if self._error is not None:
             return fail(self._error)
-        return self._expect(False, self._timeout)
+        return self._expect(False)
 
     def abort(self, message: str) -> None:
         """Drop the connection at once; waiting commands fail."""
         self._failAll(UpstreamError("lost", message))
         self.transport.abortConnection()
 
-    def _expect(self, discardAfter: bool, timeout: float) -> Deferred[Reply]:
+    def _expect(self, discardAfter: bool) -> Deferred[Reply]:
         d: Deferred[Reply] = Deferred()
-        timer = self._clock.callLater(timeout, self._timedOut, timeout)
-        self._waiting.append((d, timer, discardAfter))
+        if not self._waiting:
+            self._since = self._clock.seconds()
+        self._waiting.append((d, discardAfter))
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._checkDeadline)
         return d
+
+    def _checkDeadline(self) -> None:
+        """The timer fired: fail if the oldest reply is overdue, else wait on."""
+        self._timer = None
+        if not self._waiting:
+            return
+        left = self._since + self._timeout - self._clock.seconds()
+        if left > 0:
+            self._timer = self._clock.callLater(left, self._checkDeadline)
+        else:
+            self._broken("timeout", f"no reply within {self._timeout:g}s")
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -110,14 +131,12 @@ class SMTPClientProtocol(Protocol):
             if not self._waiting:
                 self._broken("protocol", "reply without a command")
                 return
-            d, timer, discardAfter = self._waiting.popleft()
-            timer.cancel()
+            d, discardAfter = self._waiting.popleft()
+            if self._waiting:
+                self._since = self._clock.seconds()
             if discardAfter:
                 self._buffer = b""
             d.callback(reply)
-
-    def _timedOut(self, timeout: float) -> None:
-        self._broken("timeout", f"no reply within {timeout:g}s")
 
     def _broken(self, kind: str, message: str) -> None:
         """The conversation cannot go on: fail every waiting command, drop."""
@@ -127,10 +146,11 @@ class SMTPClientProtocol(Protocol):
     def _failAll(self, error: UpstreamError) -> None:
         if self._error is None:
             self._error = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting:
-            d, timer, _ = self._waiting.popleft()
-            if timer.active():
-                timer.cancel()
+            d, _ = self._waiting.popleft()
             d.errback(Failure(self._error))
 
     def connectionLost(self, reason: Failure) -> None:
@@ -197,7 +217,7 @@ class SMTPSession:
             data = b"." + data
         data = data.replace(b"\n.", b"\n..")
         self._atLineStart = data[-1:] == b"\n"
-        self._protocol.transport.write(data)
+        writeNow(self._protocol.transport, data)
 
     def registerProducer(self, producer, streaming: bool) -> None:
         self._protocol.transport.registerProducer(producer, streaming)
