@@ -26,15 +26,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["Mark", "SmtpSink", "freePort", "openConnections"]
+from tests.support.relay import freePort
+
+__all__ = ["Mark", "SmtpSink", "openConnections"]
 
 _COUNTERS = re.compile(rb"sess=(\d+) quit=\d+ mesg=(\d+)")
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def openConnections(port: int) -> int:

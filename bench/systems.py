@@ -27,7 +27,8 @@ from pathlib import Path
 
 from bench import install
 from bench.clients import SENDER
-from bench.smtpsink import SmtpSink, freePort, waitForPort
+from bench.smtpsink import SmtpSink, waitForPort
+from tests.support.relay import freePort
 
 __all__ = ["SYSTEMS", "System"]
 

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface.interface import Method
 
 from relay.interfaces import IPolicy
 from relay.plugin import Policy
@@ -17,7 +18,7 @@ from relay.verdict import CONTINUE, Decision, Verdict, tempfail
 
 __all__ = ["PolicyChain"]
 
-HOOKS = ("connect", "auth", "mailFrom", "rcptTo", "headers", "bodyChunk", "endOfData", "reset", "disconnect")
+_HOOKS = tuple(name for name, spec in IPolicy.namesAndDescriptions() if isinstance(spec, Method))
 _POLICY_FAILED = tempfail(451, "4.3.0", "Temporary policy failure, try again later")
 
 
@@ -50,7 +51,7 @@ class PolicyChain:
         # as relay.plugin.Policy has it always answers CONTINUE.
         self._byHook = {
             hook: tuple(p for p in self._policies if getattr(type(p), hook, None) is not getattr(Policy, hook))
-            for hook in HOOKS
+            for hook in _HOOKS
         }
 
     def check(self, hook: str, *args) -> Verdict | Deferred[Verdict]:
