@@ -16,7 +16,11 @@ LOG_INTERVAL = 0.25  # seconds between batches of log lines to the parent
 
 
 def main(argv: list[str]) -> int:
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    from relay.reactor import install
+
+    reactor = install()  # before anything imports the default one
+
+    from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
     from relay.logs import BatchedOutput
     from relay.tap import Options
@@ -25,8 +29,8 @@ def main(argv: list[str]) -> int:
     options.parseOptions(argv)
     output = BatchedOutput(sys.stdout)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(output)], redirectStandardIO=False)
+    Logger().info("reactor class: {reactor}", reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}")
 
-    from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 
     from relay.service import RelayService, StartupError

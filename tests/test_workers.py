@@ -38,6 +38,8 @@ def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
                 assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
         assert len(up.waitForMessages(12)) == 12
         assert relayed(relay, "workers") == 12
+        # Each worker runs the relay's own reactor (relay/reactor.py).
+        assert len(re.findall(r"\[worker \d\] reactor class: relay\.reactor\.DirectEPollReactor", relay.log())) == 2
         assert set(workerPids(relay)) == {0, 1}
         assert "[worker 0]" in relay.log() or "[worker 1]" in relay.log()
 
