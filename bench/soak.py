@@ -3,7 +3,7 @@ Soak: N concurrent clients relay through a real `twistd smtprelay` for T
 seconds while the upstream misbehaves at random (slow replies, tempfails,
 drops after 354, resets mid-message, hangs past the relay's timeout).
 
-    .venv/bin/python bench/soak.py [--clients 20] [--seconds 300]
+    .venv/bin/python bench/soak.py [--clients 20] [--seconds 300] [--workers 1]
 
 Every message carries a unique Message-ID; at the end the messages the
 clients got 250 for are compared with what the upstream completed:
@@ -11,7 +11,8 @@ clients got 250 for are compared with what the upstream completed:
   lost        250 to the client, never completed upstream     (must be 0)
   duplicated  completed upstream, but the client saw no 250    (RFC 1047: the reply to the dot was lost)
 
-and the relay's RSS is printed over time (it must stay flat).  Exit status 1
+and the relay's RSS (all its processes, with --workers) is printed over
+time (it must stay flat).  Exit status 1
 when anything was lost.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.memory import status  # noqa: E402
+from bench.procstat import descendants, status  # noqa: E402
 from tests.support.certs import makeCA  # noqa: E402
 from tests.support.relay import RelayProcess, upstreamURL  # noqa: E402
 from tests.support.upstream import UpstreamServer  # noqa: E402
@@ -90,15 +91,21 @@ def client(port: int, context, account, results: Results, stop: float, number: i
                 results.errors[type(e).__name__] += 1
 
 
+def relayRSS(relay: RelayProcess) -> int:
+    """kB resident in the relay's processes (the parent and any workers)."""
+    return sum(status(pid, "VmRSS") for pid in descendants([relay.process.pid]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--workers", type=int, default=1, help="relay processes (as --workers)")
     parser.add_argument("--fault-every", type=float, default=5.0, help="seconds between fault changes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ca = makeCA(Path(tmp))
-        relay = RelayProcess(Path(tmp) / "relay", ca, "--workers=1", "--upstream-timeout=2")
+        relay = RelayProcess(Path(tmp) / "relay", ca, f"--workers={args.workers}", "--upstream-timeout=2")
         try:
             with UpstreamServer(tls=ca.issue(Path(tmp), "upstream"), timeout=30) as up:
                 account = relay.addTenant("soak", upstreamURL(up, ca=str(ca.cert), timeout="2"))
@@ -120,7 +127,7 @@ def main() -> int:
                     FAULTS[fault](up)
                     faults[fault] += 1
                     time.sleep(min(args.fault_every, max(0.0, stop - time.monotonic())))
-                    rss.append((time.monotonic() - started, status(relay.process.pid, "VmRSS") / 1024))
+                    rss.append((time.monotonic() - started, relayRSS(relay) / 1024))
                 up.clearFaults()
                 for thread in threads:
                     thread.join(60)

@@ -13,6 +13,8 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python import log as legacyLog
 
 from relay.reactor import DirectEPollReactor
+from tests.support.relay import RelayProcess, upstreamURL
+from tests.support.upstream import UpstreamServer
 
 
 class Echo(Protocol):
@@ -91,3 +93,17 @@ def test_twistd_offers_it_as_smtprelay_epoll():
 
     installers = {r.shortName: r for r in getReactorTypes()}
     assert installers["smtprelay-epoll"].moduleName == "relay.reactor"
+
+
+def test_a_single_process_relay_runs_on_it_with_twistd_r(ca, upstreamCert, tmp_path):
+    relay = RelayProcess(tmp_path / "relay", ca, reactor="smtprelay-epoll")
+    try:
+        with UpstreamServer(tls=upstreamCert) as up:
+            account = relay.addTenant("reactor", upstreamURL(up, ca=str(ca.cert)))
+            with relay.connect(account) as client:
+                message = b"From: a@example.com\r\nSubject: reactor\r\n\r\nhi\r\n"
+                assert client.sendmail("a@example.com", ["b@example.net"], message) == {}
+            assert len(up.waitForMessages(1)) == 1
+        assert "reactor class: relay.reactor.DirectEPollReactor" in relay.log()
+    finally:
+        assert relay.stop() == 0

@@ -52,9 +52,17 @@ class RelayProcess:
     @ivar smtpsPort: the C{--smtps} port (implicit TLS).
     @ivar metricsPort: the C{--metrics} port (/metrics, /healthz, /readyz).
     @param environment: added to the relay process's environment.
+    @param reactor: twistd's C{-r} (the reactor), when not the default.
     """
 
-    def __init__(self, directory: Path, ca: CA, *arguments: str, environment: dict[str, str] | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        ca: CA,
+        *arguments: str,
+        environment: dict[str, str] | None = None,
+        reactor: str | None = None,
+    ):
         self.directory = directory
         self.ca = ca
         directory.mkdir(parents=True, exist_ok=True)
@@ -69,7 +77,7 @@ class RelayProcess:
         self.smtpsPort = freePort()
         self.metricsPort = freePort()
         command = [
-            TWISTD, "-n", "--pidfile=", f"--logfile={self.logFile}", "smtprelay",
+            TWISTD, "-n", "--pidfile=", f"--logfile={self.logFile}", *(["-r", reactor] if reactor else []), "smtprelay",
             f"--database={self.database}",
             f"--secret-key-file={self.keyFile}",
             f"--smtp=tcp:{self.port}:interface=127.0.0.1",
