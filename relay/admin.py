@@ -268,9 +268,7 @@ def _tenantDelete(args: argparse.Namespace, store: Store) -> None:
 
 def _loginAdd(args: argparse.Namespace, store: Store) -> None:
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            raise Invalid("no password on standard input (expected one line)")
+        password = _passwordLine()
     else:
         password = generatePassword()
     store.addLogin(args.tenant, args.username, password)
@@ -280,8 +278,25 @@ def _loginAdd(args: argparse.Namespace, store: Store) -> None:
         print("Keep this password now: it is stored only as a hash and cannot be shown again.")
 
 
+def _passwordLine() -> str:
+    """One line of standard input: a password given so that it is not in the command line (C{ps})."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise Invalid("no password on standard input (expected one line)")
+    return password
+
+
 def _upstreamAdd(args: argparse.Namespace, store: Store) -> None:
-    upstream = store.addUpstream(args.tenant, args.url, args.priority, validate=validateUpstream)
+    url = args.url
+    if args.password_stdin:
+        try:
+            parsed = UpstreamURL.parse(url)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+        if parsed.username is None or parsed.password is not None:
+            raise Invalid("--password-stdin needs a URL with a user name and no password: smtp+starttls://user@host:587")
+        url = parsed.withPassword(_passwordLine()).unparse()
+    upstream = store.addUpstream(args.tenant, url, args.priority, validate=validateUpstream)
     print(f"upstream #{upstream.id} {upstream.url} added to tenant {args.tenant!r} (priority {upstream.priority})")
 
 
@@ -439,8 +454,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from one line of standard input (default: generate one and print it)",
     )
-    command(groups["upstream"], "add", _upstreamAdd, "add an upstream to a tenant", "TENANT", "URL").add_argument(
-        "--priority", type=int, default=10, help="lowest is tried first (default: 10)"
+    upstreamAdd = command(groups["upstream"], "add", _upstreamAdd, "add an upstream to a tenant", "TENANT", "URL")
+    upstreamAdd.add_argument("--priority", type=int, default=10, help="lowest is tried first (default: 10)")
+    upstreamAdd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the URL's password from one line of standard input (the URL has user@ and no password)",
     )
     network = command(groups["network"], "add", _networkAdd, "add a client network to a tenant", "TENANT", "NETWORK")
     network.add_argument(

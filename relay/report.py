@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from relay.address import Mailbox
 from relay.envelope import ClientInfo, Transaction
+from relay.logtext import logText
 from relay.metrics import Metrics
 from relay.reply import Reply
 
@@ -42,7 +43,7 @@ class AddressRedactor:
         if mailbox is None:
             return "<>"
         if self._mode == "full":
-            return str(mailbox)
+            return logText(str(mailbox))  # a quoted local part may hold spaces and quotes
         if self._mode == "domain":
             return "*@" + mailbox.domain.lower()
         if self._mode == "hash":

@@ -27,7 +27,8 @@ from relay.policy.chain import PolicyChain
 from relay.registry import Discovery, discover
 from relay.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
-from relay.server.guard import ConnectionGuard
+from relay.reply import Reply
+from relay.server.guard import ConnectionGuard, MemoryAuthFailures, RedisAuthFailures
 from relay.server.protocol import SMTPServerFactory
 from relay.server.proxy import PREFIX as PROXY_PREFIX
 from relay.server.proxy import ProxiedEndpoint
@@ -35,6 +36,7 @@ from relay.endpoints import AdoptedEndpoint
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
 from relay.store.repository import Store
+from relay.sharedstate import RedisConnection
 from relay.store.secrets import KeyRing
 from relay.tls import serverTLSOptions
 from relay.upstreams import UpstreamContext
@@ -94,12 +96,12 @@ def checkConfiguration(options) -> None:
     _serverTLS(options)
 
 
-def _policies(options, reactor, discovery: Discovery) -> list:
+def _policies(options, reactor, discovery: Discovery, sharedState: RedisConnection | None) -> list:
     """The installed policies, minus those disabled, built in order."""
     unknown = set(options["disable-policy"]) - {factory.name for factory in discovery.policies}
     if unknown:
         raise StartupError(f"--disable-policy: no installed policy named {', '.join(sorted(unknown))}")
-    context = PolicyContext(reactor=reactor, options=options)
+    context = PolicyContext(reactor=reactor, options=options, sharedState=sharedState)
     policies = []
     for factory in discovery.policies:
         if factory.name in options["disable-policy"]:
@@ -149,6 +151,10 @@ class RelayService(MultiService):
             redact = AddressRedactor(options["log-addresses"], keyRing.hmacKey())
         except ValueError as e:
             raise StartupError(str(e)) from None
+        shared = RedisConnection(options["rate-limit-store"], reactor) if options["rate-limit-store"] else None
+        failures = MemoryAuthFailures(reactor, options["auth-failure-window"])
+        if shared is not None:
+            failures = RedisAuthFailures(shared, options["auth-failure-window"], failures)
         self.metrics = Metrics()
         self.usage = UsageRecorder(store, reactor, self.threadPool, options["usage-interval"])
         reporter = Reporter(self.metrics, redact, self.usage)
@@ -171,7 +177,7 @@ class RelayService(MultiService):
             directory=self.directory,
             checker=_checker(options, self.directory, store, reactor, self.threadPool),
             policies=PolicyChain(
-                _policies(options, reactor, discovery),
+                _policies(options, reactor, discovery, shared),
                 reactor,
                 options["policy-timeout"],
                 lambda name, client, verdict: reporter.refused(name, client, verdict.reply),
@@ -183,12 +189,14 @@ class RelayService(MultiService):
                 options["max-connections"],
                 options["max-connections-per-ip"],
                 options["max-auth-failures"],
-                options["auth-failure-window"],
+                failures,
             ),
             tls=tls,
             allowInsecureAuth=options["allow-insecure-auth"],
             maxMessageSize=options["max-message-size"],
+            maxRecipients=options["max-recipients"],
             idleTimeout=options["idle-timeout"],
+            lineTimeout=options["line-timeout"],
             maxErrors=options["max-errors"],
             handshakeTimeout=options["handshake-timeout"],
             dataTimeout=options["data-timeout"],
@@ -221,7 +229,10 @@ class RelayService(MultiService):
         else:
             endpoint = AdoptedEndpoint(self._reactor, inherited)
         if description.startswith(PROXY_PREFIX):
-            endpoint = ProxiedEndpoint(endpoint, self._reactor, self._options["handshake-timeout"])
+            refusal = Reply.of(421, "4.7.0", f"{self._options['hostname']} PROXY protocol accepted only from trusted proxies")
+            endpoint = ProxiedEndpoint(
+                endpoint, self._reactor, self._options["handshake-timeout"], self._options["trusted-proxy"], refusal.toBytes()
+            )
         return endpoint
 
     def setServiceParent(self, parent) -> None:

@@ -4,6 +4,7 @@ C{twistd smtprelay}: command-line options and the service they build.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -13,6 +14,7 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from relay.logs import FORMATS
+from relay.server.proxy import PREFIX as PROXY_PREFIX
 from relay.store.database import DEFAULT_DATABASE
 from relay.store.secrets import DEFAULT_KEY_FILE
 
@@ -46,7 +48,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["tls-key", None, None, "PEM private key (default: in --tls-cert)."],
         ["hostname", None, None, "Name in the greeting, EHLO and trace header (default: this host's FQDN)."],
         ["max-message-size", None, 50 * 1024 * 1024, "Largest message accepted, in octets (SIZE).", int],
-        ["idle-timeout", None, 300.0, "Seconds a client may stay silent (RFC 5321 4.5.3.2).", float],
+        ["idle-timeout", None, 300.0, "Seconds a client may take to send its next command (RFC 5321 4.5.3.2).", float],
         ["upstream-timeout", None, 60.0, "Seconds to wait for any upstream reply (URL ?timeout= wins).", float],
         ["upstream-idle-timeout", None, 30.0, "Seconds an unused upstream connection stays open.", float],
         ["upstream-max-connections", None, 50, "Connections open at once to one upstream.", int],
@@ -61,6 +63,8 @@ class Options(usage.Options, AuthOptionMixin):
         ["max-auth-failures", None, 5, "AUTH failures from one address before it is refused for a while.", int],
         ["auth-failure-window", None, 900.0, "Seconds an AUTH failure counts against its address.", float],
         ["max-errors", None, 20, "Refused or unknown commands in one session before 421 and close.", int],
+        ["max-recipients", None, 1000, "Recipients per message (a tenant's own cap may be lower); RFC 5321 wants 100 at least.", int],
+        ["line-timeout", None, 60.0, "Seconds a command line may take from its first byte to its end.", float],
         ["log-format", None, "text", "text (twistd's log lines) or json (JSON lines on standard output)."],
         ["metrics", None, "tcp:9464:interface=127.0.0.1", "Monitoring HTTP endpoint (/metrics, /healthz, /readyz)."],
         ["log-addresses", None, "full", "Envelope addresses in logs: full, domain, hash (keyed HMAC) or none."],
@@ -75,6 +79,7 @@ class Options(usage.Options, AuthOptionMixin):
         self["smtp"] = []
         self["smtps"] = []
         self["disable-policy"] = []
+        self["trusted-proxy"] = []
         self["inherit-fds"] = []
 
     def opt_smtp(self, endpoint: str) -> None:
@@ -84,6 +89,13 @@ class Options(usage.Options, AuthOptionMixin):
     def opt_smtps(self, endpoint: str) -> None:
         """Listen for SMTP over implicit TLS on this endpoint (repeatable)."""
         self["smtps"].append(endpoint)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """Accept PROXY headers on haproxy: listeners from this network (CIDR, repeatable); others are refused."""
+        try:
+            self["trusted-proxy"].append(ipaddress.ip_network(network.strip(), strict=True))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy {network}: {e} (expected CIDR such as 10.0.0.0/24)") from None
 
     def opt_disable_policy(self, name: str) -> None:
         """Do not run this installed policy (repeatable; see --list-plugins)."""
@@ -109,6 +121,12 @@ class Options(usage.Options, AuthOptionMixin):
             raise usage.UsageError("--tls-key needs --tls-cert")
         if self["log-format"] not in FORMATS:
             raise usage.UsageError(f"--log-format must be one of {', '.join(FORMATS)}")
+        proxied = [d for d in self["smtp"] + self["smtps"] if d.startswith(PROXY_PREFIX) and not _isUnix(d)]
+        if proxied and not self["trusted-proxy"]:
+            raise usage.UsageError(
+                f"{proxied[0]}: a PROXY-protocol listener needs --trusted-proxy CIDR (the load balancers' "
+                "addresses): otherwise any client could claim any address"
+            )
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
         for name in (
@@ -120,10 +138,17 @@ class Options(usage.Options, AuthOptionMixin):
             "max-connections-per-ip",
             "max-auth-failures",
             "max-errors",
+            "max-recipients",
+            "line-timeout",
             "workers",
         ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+
+
+def _isUnix(description: str) -> bool:
+    """A listener on a local socket (C{haproxy:unix:...}): its file mode decides who may connect."""
+    return description.removeprefix(PROXY_PREFIX).startswith("unix:")
 
 
 def makeService(options: Options):

@@ -29,7 +29,7 @@ from relay.policy.chain import PolicyChain
 from relay.reply import Reply
 from relay.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
-from relay.server.guard import ConnectionGuard
+from relay.server.guard import ConnectionGuard, MemoryAuthFailures
 from relay.server.protocol import SMTPServerFactory
 from relay.tenants import Login, Snapshot, Tenant, Upstream
 from relay.upstreams import UpstreamContext, UpstreamError
@@ -249,7 +249,7 @@ def fakeServerContext(
         ),
         upstreams=UpstreamPool({"fake": kind}, context, reporter),
         reporter=reporter,
-        guard=ConnectionGuard(reactor, 100, 10, 5, 900.0),
+        guard=ConnectionGuard(reactor, 100, 10, 5, MemoryAuthFailures(reactor, 900.0)),
         allowInsecureAuth=True,
     )
     fields.update(settings)

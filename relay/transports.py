@@ -52,10 +52,8 @@ def _empty(connection: Connection) -> bool:
 def writeNow(transport, data: bytes) -> None:
     """
     Write C{data} to C{transport} and send what the socket takes now, not
-    on the reactor's next turn.  While the connection closes, or when
-    something is queued and a producer streams into the transport, C{data}
-    is only queued.  A write error is left for the reactor to find, as
-    usual.
+    on the reactor's next turn.  While the connection closes, C{data} is
+    only queued.  A write error is left for the reactor to find, as usual.
     """
     if isinstance(transport, Connection) and not transport.TLS and _open(transport) and _empty(transport):
         sent = transport.writeSomeData(data)
@@ -66,5 +64,5 @@ def writeNow(transport, data: bytes) -> None:
         return
     transport.write(data)
     descriptor = _descriptor(transport)
-    if _open(descriptor) and descriptor.producer is None:
+    if _open(descriptor):
         descriptor.doWrite()

@@ -241,6 +241,29 @@ def test_upstreamAdd(acme, databaseURL, keyFile):
     assert (upstream.url.unparse(), upstream.priority) == (UPSTREAM, 5)
 
 
+def test_upstreamPasswordFromStdin(acme, databaseURL, keyFile):
+    """With --password-stdin the URL's password is read from standard input, so it is never in `ps`."""
+    result = acme("upstream", "add", "acme", "smtp+starttls://relay@mail.acme.example:587", "--password-stdin", stdin="s3cret\n")
+    assert (result.status, result.err) == (0, "")
+    assert result.out == f"upstream #1 {REDACTED} added to tenant 'acme' (priority 10)\n"
+    [upstream] = snapshot(databaseURL, keyFile).tenants["acme"].upstreams
+    assert upstream.url.unparse() == UPSTREAM
+
+
+@pytest.mark.parametrize(
+    "url, stdin, message",
+    [
+        ("smtp+starttls://mail.acme.example:587", "pw\n", "--password-stdin needs a URL with a user name"),
+        (UPSTREAM, "pw\n", "--password-stdin needs a URL with a user name and no password"),
+        ("smtp+starttls://relay@mail.acme.example:587", "", "no password on standard input"),
+    ],
+)
+def test_upstreamPasswordFromStdinRefused(acme, url, stdin, message):
+    """--password-stdin takes a URL with a user name and no password, and one line of input."""
+    result = acme("upstream", "add", "acme", url, "--password-stdin", stdin=stdin)
+    assert result.status == 2 and result.error.startswith(message)
+
+
 def test_upstreamUnknownScheme(acme):
     """A scheme no installed upstream type handles gives status 2 listing the installed ones."""
     result = acme("upstream", "add", "acme", "foo://relay:s3cret@host")

@@ -5,6 +5,7 @@ phase, an upstream that stops reading, a missing PROXY header.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 from twisted.internet.address import IPv4Address
@@ -73,11 +74,16 @@ def test_upstream_stall():
     assert client.upstream.delivered == []
 
 
-def proxied(timeout: float = 10.0):
+TRUSTED = (ipaddress.ip_network("10.0.0.0/24"),)
+
+
+def proxied(timeout: float = 10.0, peer: str = "10.0.0.2"):
     reactor = MemoryReactorClock()
-    factory = _HeaderFirstFactory(SMTPServerFactory(fakeServerContext(reactor), implicitTLS=False), reactor, timeout)
-    protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 50000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 50000))
+    factory = _HeaderFirstFactory(
+        SMTPServerFactory(fakeServerContext(reactor), implicitTLS=False), reactor, timeout, TRUSTED, b"421 4.7.0 no\r\n"
+    )
+    protocol = factory.buildProtocol(IPv4Address("TCP", peer, 50000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 50000))
     protocol.makeConnection(transport)
     return reactor, protocol, transport
 

@@ -7,7 +7,6 @@ one Redis budget.
 
 from __future__ import annotations
 
-import os
 import secrets
 from base64 import b64encode
 import smtplib
@@ -17,11 +16,11 @@ import pytest
 
 from relay.tenants import Rate
 from tests.support.raw import RawClient
+from tests.support.redisserver import REDIS, requireRedis
 from tests.support.relay import RelayProcess, upstreamURL
 from tests.support.upstream import UpstreamServer
 
 MESSAGE = b"From: Alice <alice@example.com>\r\nSubject: policy\r\n\r\nhello\r\n"
-REDIS = "redis://127.0.0.1:6379/15"
 
 
 @pytest.fixture
@@ -219,22 +218,9 @@ def test_no_sending_as_another_tenant(relay, upstreamCert, tenantName):
         assert theirs.connections == 0 and theirs.messages == []
 
 
-def _redis():
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS, socket_connect_timeout=3)
-        client.ping()
-        return client
-    except redis.RedisError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS} is unreachable ({e}); CI=true: the Redis tests must run", pytrace=False)
-        pytest.skip(f"Redis at {REDIS} is unreachable: {e}")
-
-
 def test_redis_budget_shared_by_two_relays(ca, upstreamCert, tmp_path):
     """Two relays sharing Redis: a budget of 5 per hour is 5 in total, not 5 each."""
-    server = _redis()
+    server = requireRedis()
     seconds, _ = server.time()
     if seconds % 3600 > 3590:  # not across the turn of an hour
         time.sleep(3600 - seconds % 3600 + 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -166,6 +168,17 @@ def test_openEngineCreatesDirectory(tmp_path):
     upgrade(engine)
     engine.dispose()
     assert (tmp_path / "var" / "lib" / "relay.db").is_file()
+
+
+def test_openEngineCreatesPrivateFile(tmp_path):
+    """A new SQLite store (password hashes, encrypted secrets) and its WAL files are readable by their owner only."""
+    path = tmp_path / "relay.db"
+    engine = openEngine(f"sqlite:///{path}")
+    upgrade(engine)
+    with engine.connect() as connection:  # keeps the -wal and -shm files open
+        for name in ("relay.db", "relay.db-wal", "relay.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    engine.dispose()
 
 
 # Tenants

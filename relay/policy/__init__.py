@@ -21,7 +21,12 @@ class PolicyContext:
     @ivar reactor: the reactor (an C{IReactorTime} and C{IReactorTCP});
         never import the global one.
     @ivar options: the relay's parsed command-line options.
+    @ivar sharedState: the Redis server of C{--rate-limit-store} (a
+        L{relay.sharedstate.RedisConnection}: C{call(f, *args)} runs a
+        redis-py call off the reactor thread), or C{None}: keep state in
+        this process then.
     """
 
     reactor: Any
     options: Mapping[str, Any]
+    sharedState: Any = None

@@ -10,6 +10,7 @@ import ipaddress
 
 from twisted.logger import Logger
 
+from relay.logtext import logText
 from relay.plugin import CONTINUE, Policy, reject
 
 __all__ = ["ClientNetworkPolicy"]
@@ -34,7 +35,7 @@ class ClientNetworkPolicy(Policy):
             return CONTINUE
         self.log.warn(
             "correct password for {login} from {ip}, outside the networks of tenant {tenant}",
-            login=login,
+            login=logText(login),
             ip=client.address,
             tenant=client.tenant.name,
         )

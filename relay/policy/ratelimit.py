@@ -16,11 +16,10 @@ from __future__ import annotations
 import uuid
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 
 from relay.maybe import then
 from relay.plugin import CONTINUE, Policy, tempfail
+from relay.sharedstate import RedisConnection
 from relay.tenants import Rate
 
 __all__ = ["MemoryBudget", "RateLimitPolicy", "RedisBudget"]
@@ -79,37 +78,28 @@ return 1
 
 class RedisBudget:
     """
-    Counters in Redis, shared by every relay using the same server, with
-    redis-py (thread-safe) on a small thread pool of its own.  Windows are
-    aligned to the Redis server's clock, so instances need not agree on time.
+    Counters in Redis (L{RedisConnection}), shared by every relay using the
+    same server.  Windows are aligned to the Redis server's clock, so
+    instances need not agree on time.
     """
 
-    def __init__(self, url: str, reactor):
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._spend = self._redis.register_script(_SPEND)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=4, name="smtprelay-redis")
-        self._pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-
-    def _call(self, f, *args) -> Deferred:
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
+    def __init__(self, redis: RedisConnection):
+        self._redis = redis
+        self._spend = redis.script(_SPEND)
+        self._acquire = redis.script(_ACQUIRE)
 
     def spend(self, key: str, rate: Rate) -> Deferred[bool]:
         def spend() -> bool:
-            window = int(self._redis.time()[0]) // rate.seconds
+            window = int(self._redis.client.time()[0]) // rate.seconds
             return bool(self._spend(keys=[f"smtprelay:rate:{key}:{rate.seconds}:{window}"], args=[rate.count, rate.seconds]))
 
-        return self._call(spend)
+        return self._redis.call(spend)
 
     def acquire(self, key: str, cap: int, token: str) -> Deferred[bool]:
-        return self._call(lambda: bool(self._acquire(keys=[f"smtprelay:slots:{key}"], args=[cap, LEASE, token])))
+        return self._redis.call(lambda: bool(self._acquire(keys=[f"smtprelay:slots:{key}"], args=[cap, LEASE, token])))
 
     def release(self, key: str, token: str) -> None:
-        self._call(self._redis.zrem, f"smtprelay:slots:{key}", token)
+        self._redis.call(self._redis.client.zrem, f"smtprelay:slots:{key}", token)
 
 
 class RateLimitPolicy(Policy):
@@ -118,8 +108,8 @@ class RateLimitPolicy(Policy):
     name = "rate-limit"
 
     def __init__(self, context):
-        store = context.options.get("rate-limit-store")
-        self._budget = RedisBudget(store, context.reactor) if store else MemoryBudget(context.reactor)
+        shared = context.sharedState
+        self._budget = RedisBudget(shared) if shared is not None else MemoryBudget(context.reactor)
 
     def mailFrom(self, client, transaction):
         tenant = client.tenant

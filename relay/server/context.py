@@ -32,7 +32,11 @@ class ServerContext:
     @ivar reporter: metrics and log lines.
     @ivar guard: connection caps and AUTH failure penalties.
     @ivar maxMessageSize: the SIZE limit, in octets (a tenant may have less).
-    @ivar idleTimeout: seconds a client may stay silent (RFC 5321 §4.5.3.2).
+    @ivar maxRecipients: recipients per message (a tenant may have fewer).
+    @ivar idleTimeout: seconds a client may take to send its next command
+        (RFC 5321 §4.5.3.2.7); bytes of an unfinished line do not count.
+    @ivar lineTimeout: seconds a command line may take from its first byte
+        to its end (slowloris).
     @ivar maxErrors: refused or unknown commands before 421 and close.
     @ivar handshakeTimeout: seconds for a TLS handshake (and a PROXY header).
     @ivar dataTimeout: seconds the whole DATA phase of one message may take.
@@ -51,7 +55,9 @@ class ServerContext:
     tls: Any = None
     allowInsecureAuth: bool = False
     maxMessageSize: int = 50 * 1024 * 1024
+    maxRecipients: int = 1000
     idleTimeout: float = 300.0
+    lineTimeout: float = 60.0
     maxErrors: int = 20
     handshakeTimeout: float = 10.0
     dataTimeout: float = 600.0

@@ -21,6 +21,8 @@ from relay.verdict import Verdict
 __all__ = ["MessageStream"]
 
 HEADER_TOO_BIG = Reply.of(552, "5.3.4", "Message header block exceeds 64 KiB")
+# A first line starting with white space would continue our own Received: field (RFC 5322 §2.2.3).
+FOLDED_START = Reply.of(550, "5.6.0", "Message refused: the header section starts with a continuation line")
 UPSTREAM_LOST = Reply.of(451, "4.4.2", "Upstream connection lost; message not delivered, try again")
 UPSTREAM_STALLED = Reply.of(451, "4.4.2", "Upstream stopped reading; message not delivered, try again")
 
@@ -126,6 +128,9 @@ class MessageStream:
         if self._header is None:
             self._transaction.size += len(content)
             self._decide(self._policies.check("bodyChunk", self._client, self._transaction, content), content, b"")
+            return
+        if not self._header and content[:1] in (b" ", b"\t"):
+            self.refusal = FOLDED_START
             return
         self._header += content
         end = splitHeaderBlock(self._header)

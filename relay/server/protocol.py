@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +38,7 @@ __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 MAX_COMMAND_LINE = 512  # octets including CRLF, RFC 5321 §4.5.3.1.4
 MAX_AUTH_LINE = 12288  # octets, RFC 4954 §4
 MAX_BUFFERED_INPUT = 64 * 1024  # pipelined input held while a command waits
+MAX_UNSENT_OUTPUT = 64 * 1024  # replies made for a client that does not read them, before it is no longer read
 CLOSE_GRACE = 5.0  # seconds a closing TLS connection may wait for the client's close_notify
 
 LINE_TOO_LONG = Reply.of(500, "5.5.2", "Error: line too long")
@@ -45,6 +46,7 @@ LINE_NOT_ASCII = Reply.of(500, "5.5.2", "Error: 8-bit characters in command")
 RUNAWAY_LINE = Reply.of(421, "4.5.2", "Error: line too long, closing connection")
 EARLY_DATA = Reply.of(554, "5.5.0", "Error: message sent before our 354 reply (improper pipelining), closing")
 IDLE = Reply.of(421, "4.4.2", "Error: timeout exceeded, closing connection")
+LINE_TOO_SLOW = Reply.of(421, "4.4.2", "Error: command line not completed in time, closing connection")
 INTERNAL = Reply.of(421, "4.3.0", "Error: internal error, closing connection")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Error: too many errors, closing connection")
 DATA_TOO_SLOW = Reply.of(421, "4.4.2", "Error: message transfer took too long, closing connection")
@@ -67,6 +69,27 @@ class Mode(enum.Enum):
     CLOSED = "closed"
 
 
+@implementer(IPushProducer)
+class _OutputFlow:
+    """
+    Registered on the client's transport as its producer: the transport
+    says when the replies it could not send yet pile up past its buffer
+    (the client does not read them), and when they are gone.
+    """
+
+    def __init__(self, protocol: SMTPServerProtocol):
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.holdOutput(True)
+
+    def resumeProducing(self) -> None:
+        self._protocol.holdOutput(False)
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost follows."""
+
+
 @implementer(IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """One client connection."""
@@ -80,11 +103,14 @@ class SMTPServerProtocol(Protocol):
         self._mode = Mode.COMMAND
         self._input = b""
         self._output: list[bytes] = []
+        self._outputSize = 0  # octets in _output
+        self._outputHeld = False  # the client does not read its replies: stop making more
         self._waiting = False  # a command's reply is not ready yet
         self._running = False  # inside _run: do not re-enter
         self._scanner: DataScanner | None = None
         self._lastActivity = 0.0
         self._timer = None
+        self._lineTimer = None  # runs while an unfinished command line is buffered
         self._errors = 0
         self._admitted = False
         self._handshakeTimer = None
@@ -98,6 +124,7 @@ class SMTPServerProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client = ClientInfo(newQueueId(), getattr(peer, "host", "local"), getattr(peer, "port", 0))
         self._throttle = Throttle(self.transport)
+        self.transport.registerProducer(_OutputFlow(self), True)
         self.session = RelaySession(self._ctx, self.client, self._throttle, secure=self._implicitTLS)
         self._connected = self._lastActivity = self._clock.seconds()
         self._ctx.reporter.connectionOpened()
@@ -125,11 +152,49 @@ class SMTPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._mode is Mode.CLOSED:
             return
-        self._lastActivity = self._clock.seconds()
+        if self._mode is Mode.DATA:
+            self._lastActivity = self._clock.seconds()
         self._input += data
-        if self._waiting and len(self._input) > MAX_BUFFERED_INPUT:
+        if (self._waiting or self._outputHeld) and len(self._input) > MAX_BUFFERED_INPUT:
             self._throttle.hold("input")
+        self._watchLine(b"\n" in data)
         self._run()
+
+    def _watchLine(self, lineEnded: bool) -> None:
+        """
+        Keep the deadline of the unfinished command line at the end of the
+        input, if there is one: it runs from the line's first byte, and
+        further bytes of it do not move it (RFC 5321 §4.5.3.2 counts whole
+        commands; a byte now and then must not hold a connection).
+        """
+        if lineEnded:
+            _cancel(self._lineTimer)
+            self._lineTimer = None
+        unfinished = self._mode in (Mode.COMMAND, Mode.AUTH) and self._input[-1:] not in (b"", b"\n")
+        if not unfinished:
+            _cancel(self._lineTimer)
+            self._lineTimer = None
+        elif self._lineTimer is None:
+            self._lineTimer = self._clock.callLater(self._ctx.lineTimeout, self._lineTooSlow)
+
+    def _lineTooSlow(self) -> None:
+        self._lineTimer = None
+        self._answer(LINE_TOO_SLOW, "TIMEOUT")
+        self._flush()
+
+    def holdOutput(self, held: bool) -> None:
+        """
+        The client stopped reading its replies (C{True}): stop answering
+        its commands, so what is queued for it stays bounded (and stop
+        reading it once L{MAX_BUFFERED_INPUT} waits); or it caught up.
+        Reading goes on below that bound: a TLS handshake, whose own
+        output is held this way, needs it.
+        """
+        if held == self._outputHeld:
+            return
+        self._outputHeld = held
+        if not held:
+            self._clock.callLater(0, self._run)
 
     def _run(self) -> None:
         """Work through buffered input until it is used up or a reply must be waited for."""
@@ -137,16 +202,19 @@ class SMTPServerProtocol(Protocol):
             return
         self._running = True
         try:
-            while not self._waiting and self._input and self._mode is not Mode.CLOSED:
+            while not self._waiting and not self._outputHeld and self._input and self._mode is not Mode.CLOSED:
                 if self._mode is Mode.DATA:
                     data, self._input = self._input, b""
                     self._dataChunk(data)
                 elif not self._line():
                     break
+                if self._outputSize > MAX_UNSENT_OUTPUT:
+                    self._flush()  # the transport tells (holdOutput) if the client is not reading
         finally:
             self._running = False
-        if not self._waiting:
+        if not self._waiting and not self._outputHeld:
             self._throttle.release("input")
+        if not self._waiting:
             if self._draining:
                 self._closeIfIdle()
         self._flush()
@@ -159,6 +227,7 @@ class SMTPServerProtocol(Protocol):
                 self._answer(RUNAWAY_LINE, "LINE")
             return False
         line, self._input = self._input[:end], self._input[end + 1 :]
+        self._lastActivity = self._clock.seconds()
         if line[-1:] == b"\r":
             line = line[:-1]
         if len(line) + 2 > MAX_AUTH_LINE:
@@ -187,6 +256,7 @@ class SMTPServerProtocol(Protocol):
             _cancel(self._dataTimer)
             self._mode = Mode.COMMAND
             self._input = rest
+            self._watchLine(False)
             self._step("EOD", self.session.endOfData(error))
 
     def _step(self, verb: str, result: Reply | Deferred[Reply]) -> None:
@@ -201,10 +271,12 @@ class SMTPServerProtocol(Protocol):
 
     def _failed(self, failure: Failure, verb: str) -> Reply:
         self.log.failure("session {session}: error handling {verb}", failure, session=self.client.sessionId, verb=verb)
+        self.session.abortTransaction()  # the upstream may be anywhere, even in DATA: never reset, never reuse
         return INTERNAL
 
     def _resume(self, _: None) -> None:
         self._waiting = False
+        self._lastActivity = self._clock.seconds()  # the client had to wait for us: its idle time starts now
         self._run()
 
     def _answer(self, reply: Reply, verb: str) -> None:
@@ -214,14 +286,14 @@ class SMTPServerProtocol(Protocol):
             self.session.abortTransaction()
             reply = EARLY_DATA
         greeting = verb == "CONNECT" and reply.code == 220
-        self._output.append(reply.toBytes(verb not in _NO_ENHANCED_CODE and not greeting))
+        self._queue(reply.toBytes(verb not in _NO_ENHANCED_CODE and not greeting))
         code = reply.code
         if code >= 500 and verb != "EOD":
             self._errors += 1
             if self._errors >= self._ctx.maxErrors:
                 self._ctx.reporter.refused("errors", self.client, TOO_MANY_ERRORS)
                 reply = TOO_MANY_ERRORS
-                self._output.append(reply.toBytes())
+                self._queue(reply.toBytes())
                 code = reply.code
         if code == 421 or reply is EARLY_DATA or (verb == "QUIT" and code == 221) or (verb == "CONNECT" and code != 220):
             self._close()
@@ -229,6 +301,8 @@ class SMTPServerProtocol(Protocol):
             self._startTLS()
         elif verb == "DATA" and code == 354:
             self._mode = Mode.DATA
+            _cancel(self._lineTimer)
+            self._lineTimer = None
             self._scanner = DataScanner(self.session.maxMessageSize)
             self._dataTimer = self._clock.callLater(self._ctx.dataTimeout, self._answer, DATA_TOO_SLOW, "TIMEOUT")
         elif code == 334:
@@ -263,14 +337,22 @@ class SMTPServerProtocol(Protocol):
         self.session.tlsStarted()
         self._awaitHandshake()
 
+    def _queue(self, data: bytes) -> None:
+        self._output.append(data)
+        self._outputSize += len(data)
+
     def _flush(self) -> None:
         if self._output:
-            writeNow(self.transport, b"".join(self._output))
+            data = b"".join(self._output)
             self._output.clear()
+            self._outputSize = 0
+            writeNow(self.transport, data)
 
     def _close(self) -> None:
         self._mode = Mode.CLOSED
         self._flush()
+        # ITransport.loseConnection: a transport with a producer closes only once it is unregistered.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         # A TLS close waits for the client's close_notify: not for ever.
         self._closing = self._clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
@@ -286,7 +368,7 @@ class SMTPServerProtocol(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self.factory.connections.discard(self)
         self._mode = Mode.CLOSED
-        for timer in (self._timer, self._handshakeTimer, self._dataTimer, self._closing):
+        for timer in (self._timer, self._lineTimer, self._handshakeTimer, self._dataTimer, self._closing):
             _cancel(timer)
         self.session.connectionLost()
         if self._admitted:

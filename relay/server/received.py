@@ -32,15 +32,17 @@ def traceHeader(client: ClientInfo, transaction: Transaction, hostname: str, now
     """
     The C{Received:} field for this transaction at time C{now} (seconds
     since the epoch), folded, ending in CRLF.
-    The client's HELO name is reduced to safe characters; a single
+    The client's HELO name and address are reduced to safe characters
+    (nothing the client chose can end or fold the field); a single
     recipient is named, several are not (they would disclose each other).
     """
     helo = _UNSAFE.sub("?", client.helo or "unknown")[:255]
+    address = _UNSAFE.sub("?", client.address)  # parsed already (PROXY, socket); checked here all the same
     tls = f" (using {client.tls})" if client.tls else ""
     recipient = f"\r\n\tfor <{transaction.recipients[0]}>" if len(transaction.recipients) == 1 else ""
     when = _date(int(now))
     return (
-        f"Received: from {helo} ([{client.address}])\r\n"
+        f"Received: from {helo} ([{address}])\r\n"
         f"\tby {hostname} (smtprelay) with {_protocol(client)}{tls}\r\n"
         f"\tid {transaction.queueId}{recipient}; {when}\r\n"
     ).encode("ascii")

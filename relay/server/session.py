@@ -21,6 +21,7 @@ from twisted.mail.imap4 import IllegalClientResponse
 from relay.address import AddressError, parseParameters, parsePath
 from relay.envelope import ClientInfo, Transaction, newQueueId
 from relay.interfaces import IUpstreamSession
+from relay.logtext import logText
 from relay.maybe import settle, then
 from relay.reply import Reply
 from relay.server.context import ServerContext
@@ -65,6 +66,7 @@ EXPN = Reply.of(502, "5.5.1", "Error: EXPN not supported")
 HELP = Reply.of(214, "2.0.0", "See RFC 5321")
 TOO_BIG = Reply.of(552, "5.3.4", "Message size exceeds fixed limit")
 CLIENT_GONE = Reply.of(421, "4.4.2", "Client disconnected")
+TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients for one message, send the rest in another")
 # What a framing error found in DATA is answered, and the rule it counts under.
 DATA_ERRORS = {
     DataError.BARE_LINE_END: (Reply.of(550, "5.6.0", "Message refused: bare CR or LF (RFC 5321 §2.3.8)"), "framing"),
@@ -130,6 +132,12 @@ class RelaySession:
         here on, without AUTH.
         """
         self._networkTenant = self.client.tenant = self._ctx.directory.tenantForAddress(self.client.address)
+        return then(self._ctx.guard.locked(self.client.address), self._greet)
+
+    def _greet(self, locked: bool) -> Reply | Deferred[Reply]:
+        if locked:
+            self._ctx.reporter.refused("auth-failures", self.client, AUTH_LOCKED)
+            return AUTH_LOCKED
         ready = Reply.of(220, None, f"{self._ctx.hostname} ESMTP smtprelay")
         return then(self._ctx.policies.check("connect", self.client), lambda v: v.reply if v.refuses else ready)
 
@@ -254,13 +262,31 @@ class RelaySession:
         return directory.tenant(name) or (directory.tenant(login.tenant) if login else None)
 
     async def _authenticate(self, mechanism: str, credentials: IUsernamePassword) -> Reply:
+        """
+        Check the credentials when it is this address's turn (one attempt
+        at a time per address, see L{ConnectionGuard.authTurn}), unless the
+        address is locked out by then.
+        """
+        address = self.client.address
+        await self._ctx.guard.authTurn(address)
+        try:
+            if self._closed:
+                return AUTH_TEMPORARY  # nobody to answer
+            if await settle(self._ctx.guard.locked(address)):
+                self._ctx.reporter.refused("auth-failures", self.client, AUTH_LOCKED)
+                return AUTH_LOCKED
+            return await self._verify(mechanism, credentials)
+        finally:
+            self._ctx.guard.authDone(address)
+
+    async def _verify(self, mechanism: str, credentials: IUsernamePassword) -> Reply:
         username = credentials.username.decode("utf-8", "replace")
         try:
             avatarId = await self._ctx.checker.requestAvatarId(credentials)
         except UnauthorizedLogin:
             return await self._authFailed(mechanism, username, "bad credentials")
         except Exception:
-            self.log.failure("credential check failed for {username}", username=username)
+            self.log.failure("credential check failed for {username}", username=logText(username))
             return AUTH_TEMPORARY
         tenant = self._tenantFor(avatarId)
         if tenant is None or not tenant.active:
@@ -276,7 +302,7 @@ class RelaySession:
         self.log.info(
             "{session} authenticated {username} as tenant {tenant}",
             session=self.client.sessionId,
-            username=username,
+            username=logText(username),
             tenant=tenant.name,
         )
         return AUTH_OK
@@ -292,10 +318,10 @@ class RelaySession:
         self.log.warn(
             "smtprelay auth failed: client={ip} user={username} reason={why}",
             ip=self.client.address,
-            username=username,
+            username=logText(username),
             why=why,
         )
-        delay = self._ctx.guard.authFailed(self.client.address)
+        delay = await settle(self._ctx.guard.authFailed(self.client.address))
         if delay is None:
             self._ctx.reporter.refused("auth-failures", self.client, AUTH_LOCKED)
             return AUTH_LOCKED
@@ -392,6 +418,9 @@ class RelaySession:
             return Reply.of(501, "5.1.3", f"Bad recipient address syntax: {e}")
         if m.group(2).strip():
             return Reply.of(555, "5.5.4", "Unsupported RCPT parameters")
+        if len(self._transaction.recipients) >= self._ctx.maxRecipients:
+            # RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction.
+            return self._recipientRefused(TOO_MANY_RECIPIENTS)
         return Deferred.fromCoroutine(self._rcpt(self._transaction, self._upstream, recipient))
 
     async def _rcpt(self, transaction: Transaction, upstream: IUpstreamSession, recipient) -> Reply:

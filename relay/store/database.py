@@ -9,6 +9,7 @@ found inside this package.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -37,7 +38,8 @@ def openEngine(url: str) -> Engine:
     """
     Make an engine for a database URL (nothing is connected yet).
 
-    SQLite: the file's directory is created; foreign keys are enforced; the
+    SQLite: the file and its directory are created, the file with mode
+    C{0600}; foreign keys are enforced; the
     journal is in WAL mode, so that the relay reads while the admin writes;
     transactions begin at their first statement, reads included, so that a
     transaction sees one snapshot.  PostgreSQL: C{postgresql://} means
@@ -64,7 +66,7 @@ def openEngine(url: str) -> Engine:
 
 def _openSQLite(url: URL) -> Engine:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _createPrivately(Path(url.database))
     engine = create_engine(url)
 
     @event.listens_for(engine, "connect")
@@ -82,6 +84,19 @@ def _openSQLite(url: URL) -> Engine:
         connection.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _createPrivately(path: Path) -> None:
+    """
+    Create an SQLite file (and its directory) readable by its owner only,
+    unless it exists: it holds password hashes and encrypted secrets.
+    SQLite gives its C{-wal} and C{-shm} files the database file's mode.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def snapshotEngine(engine: Engine) -> Engine:

@@ -15,11 +15,22 @@ class RawClient:
     @param context: the TLS client context (trusting the test CA).
     """
 
-    def __init__(self, port: int, context: ssl.SSLContext, timeout: float = 15.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(
+        self, port: int, context: ssl.SSLContext, timeout: float = 15.0, source: str | None = None, header: bytes = b""
+    ):
+        """
+        @param source: the local address to connect from (C{127.0.0.2}: any
+            address of 127/8 is loopback), when not the default.
+        @param header: sent first, before the greeting is read (a PROXY header).
+        """
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=None if source is None else (source, 0)
+        )
         self.context = context
         self.buffer = b""
         try:
+            if header:
+                self.sock.sendall(header)
             self.greeting = self.reply()
             assert self.greeting.startswith("220 "), self.greeting
         except BaseException:

@@ -151,6 +151,7 @@ class UpstreamServer:
         hostname: str = "upstream.test",
         lmtp: bool = False,
         unix: str | os.PathLike[str] | None = None,
+        laxEndOfData: bool = False,
     ):
         """
         @param tls: certificate to present; enables STARTTLS.
@@ -166,6 +167,9 @@ class UpstreamServer:
         @param hostname: the name in the greeting and EHLO reply.
         @param lmtp: speak LMTP (RFC 2033) rather than SMTP.
         @param unix: listen on this local socket path, not on loopback TCP.
+        @param laxEndOfData: behave like a server open to SMTP smuggling:
+            C{<CR>.<CR>} also ends the message, and what follows is read as
+            commands, bare CRs ending lines.
         """
         if (implicitTLS or requireTLS) and tls is None:
             raise ValueError("implicitTLS and requireTLS need tls=CertPaths")
@@ -180,6 +184,7 @@ class UpstreamServer:
         self.hostname = hostname
         self.lmtp = lmtp
         self.unix = None if unix is None else os.fspath(unix)
+        self.laxEndOfData = laxEndOfData
         self.host = HOST
         self.port: int = 0
         self._context = tls.serverContext() if tls else None
@@ -777,6 +782,13 @@ class _Session:
                 if not complete:
                     raw += line
                     lineStart = line.endswith(b"\r\n")
+                    lax = raw.find(b"\r.\r") if self.server.laxEndOfData else -1
+                    if lax >= 0:  # the smuggling-prone reading: what follows is commands
+                        rest = bytes(raw[lax + 3 :]).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                        self.reader.unread(rest.replace(b"\n", b"\r\n"))
+                        del raw[lax:]
+                        raw += b"\r\n"
+                        complete = True
         except OSError:  # reset or stalled past the timeout: the client's doing
             pass
         if not complete:
@@ -864,6 +876,10 @@ class _Reader:
             del self._buffer[: self._position]
             self._position = 0
             self._buffer += chunk
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of what is buffered, to be read next."""
+        self._buffer[self._position : self._position] = data
 
     def take(self) -> bytes:
         """Remove and return everything buffered but not yet read."""
