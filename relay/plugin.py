@@ -1,143 +1,47 @@
 """
 The public surface for plugin authors: everything a plugin imports from
-smtprelay comes from here.  See C{docs/plugins.md}.
+smtprelay comes from here (and L{relay.testing} for its tests).  See
+C{docs/plugins.md}.
 
 Register plugins in a C{twisted/plugins/} module of your distribution with
-L{UpstreamTypePlugin} and L{PolicyPlugin}: they name the implementation by
-its dotted path and import it only when the relay first uses it, so the
-plugin module stays light (C{twistd} imports every plugin module while it
-rebuilds its C{dropin.cache}).
+L{UpstreamTypePlugin} and L{PolicyPlugin}.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
-from twisted.plugin import IPlugin
-from zope.interface import implementer
-
-from relay.address import Mailbox
-from relay.envelope import ClientInfo, Transaction
-from relay.interfaces import IPolicy, IPolicyFactory, IUpstreamSession, IUpstreamType
-from relay.reply import Reply
-from relay.upstreams import UpstreamContext, UpstreamError
-from relay.verdict import CONTINUE, Verdict, accept, reject, tempfail
+from relay.core.address import Mailbox
+from relay.core.envelope import ClientInfo, Transaction
+from relay.core.headers import HeaderBlock
+from relay.core.reply import Reply
+from relay.core.tenant import Tenant
+from relay.core.urls import UpstreamURL
+from relay.core.verdict import CONTINUE, Verdict, accept, reject, tempfail
+from relay.seams.interfaces import IPolicy, IPolicyFactory, IUpstreamSession, IUpstreamType
+from relay.seams.policy import Policy, PolicyContext
+from relay.seams.registration import PolicyPlugin, UpstreamTypePlugin
+from relay.seams.upstream import UpstreamContext, UpstreamError
 
 __all__ = [
     "CONTINUE",
     "ClientInfo",
+    "HeaderBlock",
     "IPolicy",
     "IPolicyFactory",
     "IUpstreamSession",
     "IUpstreamType",
     "Mailbox",
     "Policy",
+    "PolicyContext",
     "PolicyPlugin",
     "Reply",
+    "Tenant",
     "Transaction",
     "UpstreamContext",
     "UpstreamError",
     "UpstreamTypePlugin",
+    "UpstreamURL",
     "Verdict",
     "accept",
     "reject",
     "tempfail",
 ]
-
-
-def _load(dotted: str) -> Any:
-    module, _, name = dotted.rpartition(".")
-    return getattr(import_module(module), name)
-
-
-@implementer(IPlugin, IUpstreamType)
-class UpstreamTypePlugin:
-    """
-    Registers an upstream type without importing it.
-
-    @param name: the type's name (C{"smtp"}).
-    @param schemes: the URL schemes it handles.
-    @param implementation: dotted name of a class whose no-argument instance
-        provides L{IUpstreamType}, e.g. C{"mypkg.upstream.QueueUpstream"}.
-    @param description: one line for C{--list-plugins}.
-    """
-
-    def __init__(self, name: str, schemes: tuple[str, ...], implementation: str, description: str):
-        self.name = name
-        self.schemes = schemes
-        self.implementation = implementation
-        self.description = description
-        self._loaded: IUpstreamType | None = None
-
-    def _type(self) -> IUpstreamType:
-        if self._loaded is None:
-            self._loaded = _load(self.implementation)()
-        return self._loaded
-
-    def validate(self, url):
-        return self._type().validate(url)
-
-    def open(self, url, context):
-        return self._type().open(url, context)
-
-    def __getstate__(self):
-        # dropin.cache pickles nothing of the plugin itself, but be safe.
-        return {**self.__dict__, "_loaded": None}
-
-
-@implementer(IPlugin, IPolicyFactory)
-class PolicyPlugin:
-    """
-    Registers a policy without importing it.
-
-    @param implementation: dotted name of a callable taking a
-        L{relay.policy.PolicyContext} and returning an L{IPolicy}.
-    @param priority: lower runs first; the built-ins use 100 to 900.
-    """
-
-    def __init__(self, name: str, implementation: str, description: str, priority: int = 500):
-        self.name = name
-        self.implementation = implementation
-        self.description = description
-        self.priority = priority
-
-    def makePolicy(self, context):
-        return _load(self.implementation)(context)
-
-
-@implementer(IPolicy)
-class Policy:
-    """
-    A base class for policies: every hook answers L{CONTINUE}.  Override the
-    hooks you need; see L{IPolicy} for when each is called.
-    """
-
-    name = "unnamed"
-
-    def connect(self, client):
-        return CONTINUE
-
-    def auth(self, client, login):
-        return CONTINUE
-
-    def mailFrom(self, client, transaction):
-        return CONTINUE
-
-    def rcptTo(self, client, transaction, recipient):
-        return CONTINUE
-
-    def headers(self, client, transaction, headers):
-        return CONTINUE
-
-    def bodyChunk(self, client, transaction, chunk):
-        return CONTINUE
-
-    def endOfData(self, client, transaction):
-        return CONTINUE
-
-    def reset(self, client, transaction):
-        return None
-
-    def disconnect(self, client):
-        return None

@@ -23,18 +23,18 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.interfaces import IUpstreamSession, IUpstreamType
-from relay.metrics import Metrics
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.telemetry.metrics import Metrics
 from relay.policy.chain import PolicyChain
-from relay.reply import Reply
-from relay.report import AddressRedactor, Reporter
+from relay.core.reply import Reply
+from relay.telemetry.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures
 from relay.server.protocol import SMTPServerFactory
-from relay.tenants import Login, Snapshot, Tenant, Upstream
-from relay.upstreams import UpstreamContext, UpstreamError
+from relay.core.tenant import Login, Snapshot, Tenant, Upstream
+from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.pool import UpstreamPool
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 __all__ = [
     "FakeChecker",

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from relay import admin
+from relay.admin import cli as admin
 from relay.store.database import openEngine
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
-from relay.tenants import Snapshot
+from relay.core.tenant import Snapshot
 
 __all__ = ["Result", "acme", "keyFile", "run", "snapshot"]
 

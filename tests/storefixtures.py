@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from relay.store.database import openEngine, upgrade
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 __all__ = [
     "POSTGRESQL",

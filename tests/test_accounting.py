@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import date
 
 
-from relay.accounting import UsageRecorder
+from relay.telemetry.accounting import UsageRecorder
 from relay.testing import InlineThreads
-from relay.usage import UsageDelta
+from relay.store.values import UsageDelta
 
 DAY = date(2026, 11, 28)
 

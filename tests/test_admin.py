@@ -1,4 +1,4 @@
-"""Tests for L{relay.admin}, the C{smtprelay-admin} command."""
+"""Tests for L{relay.admin.cli}, the C{smtprelay-admin} command."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import admin
-from relay.passwords import verifyPassword
+from relay.admin import cli as admin
+from relay.auth.passwords import verifyPassword
 from tests.adminfixtures import Result, acme, keyFile, run, snapshot  # noqa: F401
 from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
 

@@ -10,7 +10,7 @@ import ipaddress
 
 import pytest
 
-from relay.tenants import Network, Rate
+from relay.core.tenant import Network, Rate
 from tests.adminfixtures import Result, acme, keyFile, run, snapshot  # noqa: F401
 from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
 

@@ -8,10 +8,10 @@ import pytest
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 
-import relay.auth.tenants as tenants
-from relay.auth.tenants import TenantChecker
-from relay.passwords import hashPassword
-from relay.tenants import Login
+import relay.auth.logins as tenants
+from relay.auth.logins import TenantChecker
+from relay.auth.passwords import hashPassword
+from relay.core.tenant import Login
 from relay.testing import FakeDirectory, InlineThreads
 
 HASH = hashPassword("right")
@@ -75,7 +75,7 @@ def test_not_utf8(checker):
 
 def oldHash(password: str) -> str:
     """A hash made with older, weaker parameters (ln=12)."""
-    from relay.passwords import _b64encode, _derive
+    from relay.auth.passwords import _b64encode, _derive
 
     salt = b"0123456789abcdef"
     return f"$scrypt$ln=12,r=8,p=1${_b64encode(salt)}${_b64encode(_derive(password, salt, 12, 8, 1, 32))}"
@@ -96,7 +96,7 @@ class FakeStore:
 @pytest.mark.parametrize("fail", [False, True])
 def test_old_hash_upgraded_on_login(checker, fail):
     """A hash with old parameters is replaced after a successful login; a store failure never fails the login."""
-    from relay.passwords import needsRehash, verifyPassword
+    from relay.auth.passwords import needsRehash, verifyPassword
 
     store = FakeStore(fail)
     checker.bind(checker.directory, checker.reactor, checker.reactor, store)

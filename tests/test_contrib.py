@@ -25,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.metrics import Metrics
+from relay.telemetry.metrics import Metrics
 from tests.support.prometheus import JOB, PrometheusServer, requireTool
 
 CONTRIB = Path(__file__).parent.parent / "contrib"

@@ -12,7 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from relay.server.protocol import SMTPServerFactory
-from relay.server.proxy import _HeaderFirstFactory
+from relay.runtime.proxy import _HeaderFirstFactory
 from relay.testing import MemoryClient, fakeServerContext
 
 

@@ -117,7 +117,7 @@ def test_usage_matches_what_was_sent(ca, upstreamCert, tmp_path, capsys):
     """smtprelay-admin usage shows exactly what the client sent, written at a clean shutdown."""
     import json
 
-    from relay.admin import main
+    from relay.admin.cli import main
     from tests.support.upstream import UpstreamServer
 
     relay = RelayProcess(tmp_path / "relay", ca, "--usage-interval=3600")

@@ -1,4 +1,4 @@
-"""Tests for L{relay.passwords}."""
+"""Tests for L{relay.auth.passwords}."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from relay import passwords
-from relay.passwords import generatePassword, hashPassword, needsRehash, verifyPassword
+from relay.auth import passwords
+from relay.auth.passwords import generatePassword, hashPassword, needsRehash, verifyPassword
 
 PASSWORD = "correct horse battery staple"
 

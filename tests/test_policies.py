@@ -12,14 +12,14 @@ from dataclasses import replace
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from relay.policy import PolicyContext
-from relay.policy.networks import ClientNetworkPolicy
+from relay.seams.policy import PolicyContext
+from relay.policy.clientnetworks import ClientNetworkPolicy
 from relay.policy.ratelimit import RateLimitPolicy
 from relay.policy.recipients import RecipientPolicy
 from relay.policy.salesforce import SalesforceOrgPolicy
 from relay.policy.senders import SenderDomainPolicy
 from relay.policy.urlblocklist import URLBlocklistPolicy
-from relay.tenants import Network, Rate
+from relay.core.tenant import Network, Rate
 from relay.testing import ACME, FakeUpstreamType, MemoryClient, fakeServerContext
 
 MESSAGE = b"From: Alice <alice@example.com>\r\nSubject: hi\r\n\r\nhello\r\n"

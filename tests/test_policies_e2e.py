@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from relay.tenants import Rate
+from relay.core.tenant import Rate
 from tests.support.raw import RawClient
 from tests.support.redisserver import REDIS, requireRedis
 from tests.support.relay import RelayProcess, upstreamURL

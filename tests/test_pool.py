@@ -9,13 +9,13 @@ import random
 
 from twisted.internet.testing import MemoryReactorClock
 
-from relay.metrics import Metrics
-from relay.report import AddressRedactor, Reporter
-from relay.tenants import Tenant, Upstream
+from relay.telemetry.metrics import Metrics
+from relay.telemetry.report import AddressRedactor, Reporter
+from relay.core.tenant import Tenant, Upstream
 from relay.testing import FakeUpstreamType
-from relay.upstreams import UpstreamContext, UpstreamError
+from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.pool import Release, UpstreamPool
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 
 def pool(kind: FakeUpstreamType, **settings) -> tuple[UpstreamPool, MemoryReactorClock]:

@@ -12,14 +12,14 @@ from datetime import date
 import pytest
 from sqlalchemy import select, text
 
-from relay.passwords import hashPassword
+from relay.auth.passwords import hashPassword
 from relay.store.database import openEngine
 from relay.store.errors import Invalid
 from relay.store.models import Base
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing, rotate
 from relay.store.values import SecretRotation
-from relay.usage import UsageDelta
+from relay.store.values import UsageDelta
 from tests.adminfixtures import acme as admin  # noqa: F401
 from tests.adminfixtures import keyFile, run, snapshot  # noqa: F401
 from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401

@@ -6,7 +6,7 @@ client, a MemoryReactorClock for time and the fake upstream of relay.testing.
 from base64 import b64encode
 
 import pytest
-from relay.reply import Reply
+from relay.core.reply import Reply
 from relay.testing import FakeUpstreamType, MemoryClient as Client
 
 PLAIN = b64encode(b"\0alice\0secret")

@@ -1,5 +1,5 @@
 """
-relay.reactor: the workers' epoll reactor delivers every event to its
+relay.runtime.reactor: the workers' epoll reactor delivers every event to its
 connection without Twisted's legacy log context, and still contains a
 connection's errors.
 """
@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python import log as legacyLog
 
-from relay.reactor import DirectEPollReactor
+from relay.runtime.reactor import DirectEPollReactor
 from tests.support.relay import RelayProcess, upstreamURL
 from tests.support.upstream import UpstreamServer
 
@@ -92,7 +92,7 @@ def test_twistd_offers_it_as_smtprelay_epoll():
     from twisted.application.reactors import getReactorTypes
 
     installers = {r.shortName: r for r in getReactorTypes()}
-    assert installers["smtprelay-epoll"].moduleName == "relay.reactor"
+    assert installers["smtprelay-epoll"].moduleName == "relay.runtime.reactor"
 
 
 def test_a_single_process_relay_runs_on_it_with_twistd_r(ca, upstreamCert, tmp_path):
@@ -104,6 +104,6 @@ def test_a_single_process_relay_runs_on_it_with_twistd_r(ca, upstreamCert, tmp_p
                 message = b"From: a@example.com\r\nSubject: reactor\r\n\r\nhi\r\n"
                 assert client.sendmail("a@example.com", ["b@example.net"], message) == {}
             assert len(up.waitForMessages(1)) == 1
-        assert "reactor class: relay.reactor.DirectEPollReactor" in relay.log()
+        assert "reactor class: relay.core.twistedprivate.DirectEPollReactor" in relay.log()
     finally:
         assert relay.stop() == 0

@@ -4,7 +4,7 @@ Replies as values: parsing what upstreams send, encoding what we send.
 
 import pytest
 
-from relay.reply import Reply
+from relay.core.reply import Reply
 
 
 @pytest.mark.parametrize(

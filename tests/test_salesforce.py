@@ -1,10 +1,10 @@
-"""Tests for L{relay.salesforce}."""
+"""Tests for L{relay.core.orgid}."""
 
 from __future__ import annotations
 
 import pytest
 
-from relay.salesforce import normaliseOrgId
+from relay.core.orgid import normaliseOrgId
 
 
 @pytest.mark.parametrize(

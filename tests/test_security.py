@@ -20,13 +20,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
-from relay.envelope import ClientInfo, Transaction
-from relay.logtext import logText
+from relay.core.envelope import ClientInfo, Transaction
+from relay.core.logtext import logText
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures
 from relay.server.protocol import SMTPServerFactory
-from relay.server.proxy import ProxyHeaderError, _HeaderFirstFactory, isTrusted, parseV1, parseV2
+from relay.runtime.proxy import ProxyHeaderError, _HeaderFirstFactory, isTrusted, parseV1, parseV2
 from relay.server.received import traceHeader
-from relay.tap import Options
+from relay.runtime.tap import Options
 from relay.testing import MemoryClient, fakeServerContext
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("2001:db8::/32"))

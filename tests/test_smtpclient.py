@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from relay.reply import Reply
-from relay.upstreams import UpstreamError
+from relay.core.reply import Reply
+from relay.seams.upstream import UpstreamError
 from relay.upstreams.smtpclient import SMTPClientProtocol, SMTPSession
 
 

@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from relay.passwords import verifyPassword
+from relay.auth.passwords import verifyPassword
 from relay.store import database
 from relay.store.database import openEngine, requireCurrentSchema, upgrade
 from relay.store.errors import Conflict, Invalid, NotFound, SchemaNotCurrent
@@ -21,9 +21,9 @@ from relay.store.models import Base
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
 from relay.store.values import UpstreamInfo
-from relay.tenants import Rate
-from relay.urls import UpstreamURL
-from relay.usage import UsageDelta
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
+from relay.store.values import UsageDelta
 from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401
 from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
 

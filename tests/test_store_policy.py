@@ -15,7 +15,7 @@ from sqlalchemy import text
 from relay.store.errors import Conflict, Invalid, NotFound
 from relay.store.repository import Store
 from relay.store.values import NetworkInfo, UpstreamInfo
-from relay.tenants import Network, Rate
+from relay.core.tenant import Network, Rate
 from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401
 from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
 

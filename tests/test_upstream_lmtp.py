@@ -14,11 +14,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyClass
 
-from relay.interfaces import IUpstreamSession, IUpstreamType
-from relay.upstreams import UpstreamError
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.seams.upstream import UpstreamError
 from relay.upstreams.lmtp import LMTPSession, LMTPUpstreamType
 from relay.upstreams.smtpclient import SMTPClientProtocol
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 from tests.support.relay import splitTrace, upstreamURL
 from tests.support.upstream import UpstreamServer
 from tests.test_relay_e2e import MESSAGE

@@ -15,7 +15,7 @@ from relay.store.database import openEngine
 from relay.store.errors import Invalid, NotFound
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
-from relay.usage import UsageDelta, UsageRow
+from relay.store.values import UsageDelta, UsageRow
 from tests.adminfixtures import keyFile, run  # noqa: F401
 from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
 from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401

@@ -1,5 +1,5 @@
 """
-The monitoring resources of relay.web, rendered in memory: DummyRequest for
+The monitoring resources of relay.telemetry.monitoring, rendered in memory: DummyRequest for
 each page, the real Site over a StringTransport for what HTTP adds (HEAD, no
 access log).  No sockets, no global reactor.
 """
@@ -13,8 +13,8 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from relay.metrics import Metrics
-from relay.web import MonitoringResource, metricsSite
+from relay.telemetry.metrics import Metrics
+from relay.telemetry.monitoring import MonitoringResource, metricsSite
 
 
 def ready():

@@ -38,8 +38,8 @@ def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
                 assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
         assert len(up.waitForMessages(12)) == 12
         assert relayed(relay, "workers") == 12
-        # Each worker runs the relay's own reactor (relay/reactor.py).
-        assert len(re.findall(r"\[worker \d\] reactor class: relay\.reactor\.DirectEPollReactor", relay.log())) == 2
+        # Each worker runs the relay's own reactor (relay/runtime/reactor.py).
+        assert len(re.findall(r"\[worker \d\] reactor class: relay\.core\.twistedprivate\.DirectEPollReactor", relay.log())) == 2
         assert set(workerPids(relay)) == {0, 1}
         assert "[worker 0]" in relay.log() or "[worker 1]" in relay.log()
 
@@ -61,7 +61,7 @@ def test_worker_log_records_forwarded_at_once():
     """Each log record a worker writes is published as soon as its line is complete, split reads or not."""
     from twisted.logger import eventAsJSON, globalLogPublisher
 
-    from relay.workers import _Worker
+    from relay.runtime.supervisor import _Worker
 
     seen = []
     observer = seen.append
@@ -85,7 +85,7 @@ def test_worker_log_lines_batched():
     """A worker's log lines reach the pipe together: at a drain, or once the batch is big, whole and in order."""
     import io
 
-    from relay.logs import BatchedOutput
+    from relay.telemetry.logs import BatchedOutput
 
     class Pipe(io.StringIO):
         writes = 0

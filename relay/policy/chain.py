@@ -12,9 +12,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.interface import Method
 
-from relay.interfaces import IPolicy
-from relay.plugin import Policy
-from relay.verdict import CONTINUE, Decision, Verdict, tempfail
+from relay.seams.interfaces import IPolicy
+from relay.seams.policy import Policy
+from relay.core.verdict import CONTINUE, Decision, Verdict, tempfail
 
 __all__ = ["PolicyChain"]
 

@@ -17,10 +17,10 @@ import uuid
 
 from twisted.internet.defer import Deferred
 
-from relay.maybe import then
+from relay.core.maybe import then
 from relay.plugin import CONTINUE, Policy, tempfail
-from relay.sharedstate import RedisConnection
-from relay.tenants import Rate
+from relay.runtime.sharedstate import RedisConnection
+from relay.core.tenant import Rate
 
 __all__ = ["MemoryBudget", "RateLimitPolicy", "RedisBudget"]
 

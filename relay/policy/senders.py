@@ -7,7 +7,7 @@ C{From:} header must be allowed.
 
 from __future__ import annotations
 
-from relay.address import AddressError, Mailbox, domainAllowed, parseMailboxList
+from relay.core.address import AddressError, Mailbox, domainAllowed, parseMailboxList
 from relay.plugin import CONTINUE, Policy, reject
 
 __all__ = ["SenderDomainPolicy"]

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 
 from relay.policy.chain import PolicyChain
-from relay.report import Reporter
+from relay.telemetry.report import Reporter
 from relay.server.guard import ConnectionGuard
 from relay.upstreams.pool import UpstreamPool
 
@@ -22,7 +22,7 @@ class ServerContext:
     """
     @ivar reactor: the reactor (time and TCP); never the global one.
     @ivar hostname: the relay's name in the greeting, EHLO and trace header.
-    @ivar directory: the tenants in memory (L{relay.directory.Directory}).
+    @ivar directory: the tenants in memory (L{relay.runtime.directory.Directory}).
     @ivar checker: verifies AUTH credentials; fires with a tenant name.
     @ivar policies: the policy chain every session runs.
     @ivar upstreams: opens and reuses upstream sessions.

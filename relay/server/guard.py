@@ -25,9 +25,9 @@ from collections import defaultdict, deque
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from relay.maybe import then
-from relay.reply import Reply
-from relay.sharedstate import RedisConnection
+from relay.core.maybe import then
+from relay.core.reply import Reply
+from relay.runtime.sharedstate import RedisConnection
 
 __all__ = ["AUTH_LOCKED", "ConnectionGuard", "MemoryAuthFailures", "RedisAuthFailures"]
 

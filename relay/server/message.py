@@ -10,13 +10,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from relay.envelope import ClientInfo, Transaction
-from relay.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
-from relay.interfaces import IUpstreamSession
+from relay.core.envelope import ClientInfo, Transaction
+from relay.core.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
+from relay.seams.interfaces import IUpstreamSession
 from relay.policy.chain import PolicyChain
-from relay.reply import Reply
+from relay.core.reply import Reply
 from relay.server.throttle import Throttle
-from relay.verdict import Verdict
+from relay.core.verdict import Verdict
 
 __all__ = ["MessageStream"]
 

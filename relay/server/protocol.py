@@ -25,13 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.envelope import ClientInfo, newQueueId
-from relay.reply import Reply
+from relay.core.envelope import ClientInfo, newQueueId
+from relay.core.reply import Reply
 from relay.server.context import ServerContext
 from relay.server.dataframe import DataScanner
 from relay.server.session import RelaySession
 from relay.server.throttle import Throttle
-from relay.transports import noDelay, writeNow
+from relay.core.twistedprivate import noDelay, writeNow
 
 __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 

@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timezone
 from functools import lru_cache
 
-from relay.envelope import ClientInfo, Transaction
+from relay.core.envelope import ClientInfo, Transaction
 
 __all__ = ["traceHeader"]
 

@@ -18,12 +18,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse
 
-from relay.address import AddressError, parseParameters, parsePath
-from relay.envelope import ClientInfo, Transaction, newQueueId
-from relay.interfaces import IUpstreamSession
-from relay.logtext import logText
-from relay.maybe import settle, then
-from relay.reply import Reply
+from relay.core.address import AddressError, parseParameters, parsePath
+from relay.core.envelope import ClientInfo, Transaction, newQueueId
+from relay.seams.interfaces import IUpstreamSession
+from relay.core.logtext import logText
+from relay.core.maybe import settle, then
+from relay.core.reply import Reply
 from relay.server.context import ServerContext
 from relay.server.dataframe import DataError
 from relay.server.message import UPSTREAM_LOST, MessageStream
@@ -31,7 +31,7 @@ from relay.server.guard import AUTH_LOCKED
 from relay.server.received import traceHeader
 from relay.server.sasl import MECHANISMS, decodeResponse, encodeChallenge
 from relay.server.throttle import Throttle
-from relay.upstreams import UpstreamError
+from relay.seams.upstream import UpstreamError
 from relay.upstreams.pool import Release
 
 __all__ = ["RelaySession"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from relay.salesforce import normaliseOrgId
+from relay.core.orgid import normaliseOrgId
 from relay.store.errors import Invalid
 from relay.store.models import ACTIVE, SUSPENDED
-from relay.tenants import Rate
+from relay.core.tenant import Rate
 
 __all__ = [
     "blockedDomain",

@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from relay import passwords, tenants
-from relay.store import inputs, networks
+from relay.auth import passwords
+from relay.core import tenant as tenants
+from relay.store import inputs, networkrules
 from relay.store.database import snapshotEngine
 from relay.store.errors import Conflict, Invalid, NotFound, UndecryptableSecret
 from relay.store.models import (
@@ -39,9 +40,9 @@ from relay.store.secrets import KeyRing
 from relay.store.usage import addUsage, readUsage
 from relay.store.values import NetworkInfo, SecretRotation, TenantDetails, TenantExport, TenantInfo, UpstreamInfo
 from relay.store.views import details, relayTenant, tenantInfo, upstreamInfo
-from relay.tenants import Rate
-from relay.urls import UpstreamURL
-from relay.usage import UsageDelta, UsageRow
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
+from relay.store.values import UsageDelta, UsageRow
 
 __all__ = ["Store"]
 
@@ -394,7 +395,7 @@ class Store:
     def addNetwork(self, tenant: str, network: str, noAuth: bool = False) -> NetworkInfo:
         """
         Add a client network to a tenant, under the rules of
-        L{relay.store.networks}.  The check sees every other network as of
+        L{relay.store.networkrules}.  The check sees every other network as of
         its commit: changes are serialised.
 
         @param network: CIDR without host bits, such as C{192.0.2.0/24}.
@@ -408,7 +409,7 @@ class Store:
         with self._changing() as session:
             owner = _findTenant(session, tenant)
             stored = session.execute(select(Tenant.name, ClientNetwork.network, ClientNetwork.no_auth).join(Tenant))
-            networks.checkNetwork(
+            networkrules.checkNetwork(
                 owner.name, parsed, noAuth, ((name, ipaddress.ip_network(text), flag) for name, text, flag in stored)
             )
             session.add(ClientNetwork(tenant_id=owner.id, network=str(parsed), no_auth=noAuth))
@@ -476,7 +477,7 @@ class Store:
         transaction, so the data is exactly that of the generation.
 
         Upstream passwords are decrypted.  What cannot be read is left out
-        and said in L{relay.tenants.Snapshot.problems} (see
+        and said in L{relay.core.tenant.Snapshot.problems} (see
         L{relay.store.views.relayTenant}): one tenant's damaged row does not
         stop the relay from loading the others.
         """

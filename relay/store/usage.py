@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from relay.store.errors import Invalid
 from relay.store.models import Tenant, Usage
-from relay.usage import COUNTERS, UsageDelta, UsageRow
+from relay.store.values import COUNTERS, UsageDelta, UsageRow
 
 __all__ = ["addUsage", "readUsage"]
 
-# A counter of relay.usage and its column.
+# A counter of relay.store.values and its column.
 _COLUMNS = {
     "relayed": "messages_relayed",
     "recipients": "recipients_relayed",

@@ -1,17 +1,23 @@
 """
-What the store's queries return: plain frozen values, never ORM objects,
-so callers hold no session and no secret.
+What the store's queries take and return: plain frozen values, never ORM
+objects, so callers hold no session and no secret.
+
+Usage is counted per tenant and UTC day: the relay adds up L{UsageDelta}s in
+memory and hands them to the store in batches
+(L{relay.store.repository.Store.recordUsage}), which adds them to the day's
+totals; L{relay.store.repository.Store.usage} reads the totals back as
+L{UsageRow}s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, fields
+from datetime import date, datetime
 
-from relay.tenants import Rate
-from relay.usage import UsageRow
+from relay.core.tenant import Rate
 
 __all__ = [
+    "COUNTERS",
     "LoginInfo",
     "NetworkInfo",
     "SecretRotation",
@@ -19,7 +25,40 @@ __all__ = [
     "TenantExport",
     "TenantInfo",
     "UpstreamInfo",
+    "UsageDelta",
+    "UsageRow",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    """
+    Counts to add to a tenant's usage of one day.
+
+    @ivar day: the UTC day the messages were relayed (or refused) on.
+    @ivar relayed: messages the upstream accepted.
+    @ivar recipients: recipients of those messages the upstream accepted.
+    @ivar bytes: octets of those messages.
+    @ivar rejected: messages refused with a 5xx (policy or upstream).
+    @ivar failed: messages tempfailed (4xx) or aborted (client gone).
+    """
+
+    tenant: str
+    day: date
+    relayed: int = 0
+    recipients: int = 0
+    bytes: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow(UsageDelta):
+    """The totals of a tenant's day, as stored."""
+
+
+COUNTERS = tuple(field.name for field in fields(UsageDelta))[2:]
+"""The names of the counts, after C{tenant} and C{day}."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

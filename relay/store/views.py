@@ -1,6 +1,6 @@
 """
 Rows as values: a tenant's rows as operators see them (L{TenantDetails},
-secrets redacted) and as the relay loads them (L{relay.tenants.Tenant},
+secrets redacted) and as the relay loads them (L{relay.core.tenant.Tenant},
 secrets decrypted).  Each function reads through the row's session.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from relay import tenants
+from relay.core import tenant as tenants
 from relay.store.errors import UndecryptableSecret
 from relay.store.models import ACTIVE, Tenant, UpstreamRecord
 from relay.store.secrets import KeyRing
 from relay.store.values import LoginInfo, NetworkInfo, TenantDetails, TenantInfo, UpstreamInfo
-from relay.tenants import Rate
-from relay.urls import UpstreamURL
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
 
 __all__ = ["details", "relayTenant", "tenantInfo", "upstreamInfo"]
 
@@ -36,7 +36,7 @@ def _rate(count: int | None, seconds: int | None) -> Rate | None:
 
 
 def _limits(tenant: Tenant) -> dict[str, object]:
-    """A tenant's limits and settings, by their names in L{TenantDetails} and L{relay.tenants.Tenant}."""
+    """A tenant's limits and settings, by their names in L{TenantDetails} and L{relay.core.tenant.Tenant}."""
     return {
         "maxSize": tenant.max_size,
         "maxRecipients": tenant.max_recipients,

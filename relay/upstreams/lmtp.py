@@ -35,12 +35,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import UNIXClientEndpoint
 from zope.interface import implementer
 
-from relay.interfaces import IUpstreamSession, IUpstreamType
-from relay.reply import Reply
-from relay.upstreams import UpstreamContext
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.core.reply import Reply
+from relay.seams.upstream import UpstreamContext
 from relay.upstreams.smtp import connectSMTP, replyTimeout, tcpEndpoint, validateOptions, validateServerURL
 from relay.upstreams.smtpclient import SMTPSession
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 __all__ = ["LMTPSession", "LMTPUpstreamType"]
 
@@ -70,7 +70,7 @@ class LMTPSession(SMTPSession):
     def _endReplies(self) -> Deferred[list[Reply]]:
         """
         One reply per accepted recipient, in RCPT order; fails with the
-        first L{relay.upstreams.UpstreamError} if the conversation breaks
+        first L{relay.seams.upstream.UpstreamError} if the conversation breaks
         before all of them arrived.
         """
         replies = [self._protocol.expectReply() for _ in range(self._accepted)]

@@ -20,10 +20,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from relay.interfaces import IUpstreamSession, IUpstreamType
-from relay.reply import Reply
-from relay.upstreams import UpstreamContext, UpstreamError
-from relay.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.core.reply import Reply
+from relay.seams.upstream import UpstreamContext, UpstreamError
+from relay.core.urls import UpstreamURL
 
 __all__ = ["MaildirUpstreamType"]
 

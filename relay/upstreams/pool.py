@@ -20,11 +20,11 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from relay.interfaces import IUpstreamSession, IUpstreamType
-from relay.reply import Reply
-from relay.tenants import Tenant, Upstream
-from relay.upstreams import UpstreamContext, UpstreamError
-from relay.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.core.reply import Reply
+from relay.core.tenant import Tenant, Upstream
+from relay.seams.upstream import UpstreamContext, UpstreamError
+from relay.core.urls import UpstreamURL
 
 __all__ = ["Release", "UpstreamPool"]
 
@@ -48,7 +48,7 @@ class UpstreamPool:
         context's timeout.
     @param reporter: told of every session opened (C{upstreamOpened(type,
         seconds, tlsVersion)}) and every failure to open one
-        (C{upstreamError(type, kind)}); a L{relay.report.Reporter}.
+        (C{upstreamError(type, kind)}); a L{relay.telemetry.report.Reporter}.
     """
 
     log = Logger()

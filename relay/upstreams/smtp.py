@@ -29,11 +29,11 @@ from twisted.internet.ssl import (
 )
 from zope.interface import implementer
 
-from relay.interfaces import IUpstreamType
-from relay.tls import MINIMUM_TLS, pemCertificates
-from relay.upstreams import UpstreamContext, UpstreamError
+from relay.seams.interfaces import IUpstreamType
+from relay.core.tls import MINIMUM_TLS, pemCertificates
+from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.smtpclient import SMTPClientProtocol, SMTPSession
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 __all__ = [
     "SMTPUpstreamType",

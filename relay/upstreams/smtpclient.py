@@ -20,10 +20,10 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.interfaces import IUpstreamSession
-from relay.reply import Reply
-from relay.transports import noDelay, writeNow
-from relay.upstreams import UpstreamError
+from relay.seams.interfaces import IUpstreamSession
+from relay.core.reply import Reply
+from relay.core.twistedprivate import noDelay, writeNow
+from relay.seams.upstream import UpstreamError
 
 __all__ = ["SMTPClientProtocol", "SMTPSession"]
 

@@ -74,11 +74,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from relay.interfaces import IUpstreamSession, IUpstreamType
-from relay.reply import Reply
-from relay.upstreams import UpstreamContext, UpstreamError
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.core.reply import Reply
+from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.smtp import clientTLSOptions, replyTimeout, validateOptions
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 __all__ = ["WebhookSession", "WebhookUpstreamType", "replyForStatus"]
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.admin import validateUpstream
+from relay.admin.cli import validateUpstream
 from relay.store.database import openEngine, upgrade
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing

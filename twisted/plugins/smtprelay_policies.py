@@ -4,7 +4,7 @@
 from relay.plugin import PolicyPlugin
 
 clientNetworks = PolicyPlugin(
-    "client-networks", "relay.policy.networks.ClientNetworkPolicy",
+    "client-networks", "relay.policy.clientnetworks.ClientNetworkPolicy",
     "AUTH only from the tenant's networks, when it lists any", 100,
 )  # fmt: skip
 senderDomain = PolicyPlugin(

@@ -11,9 +11,9 @@ import os
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from relay.policy import PolicyContext
+from relay.seams.policy import PolicyContext
 from relay.testing import FakeUpstreamType, MemoryClient, fakeServerContext
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 from smtprelay_example.pipe import PipeUpstreamType
 from smtprelay_example.subjects import SubjectFilterPolicy
 

@@ -13,8 +13,8 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
-from relay.logs import FORMATS
-from relay.server.proxy import PREFIX as PROXY_PREFIX
+from relay.telemetry.logs import FORMATS
+from relay.runtime.proxy import PREFIX as PROXY_PREFIX
 from relay.store.database import DEFAULT_DATABASE
 from relay.store.secrets import DEFAULT_KEY_FILE
 
@@ -107,7 +107,7 @@ class Options(usage.Options, AuthOptionMixin):
 
     def opt_list_plugins(self) -> None:
         """Print every upstream type, policy and credential checker found, with its origin, and exit."""
-        from relay.registry import discover, listing
+        from relay.seams.discovery import discover, listing
 
         print(listing(discover()))
         sys.exit(0)
@@ -154,8 +154,8 @@ def _isUnix(description: str) -> bool:
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from relay.service import RelayService, StartupError
-    from relay.workers import WorkersService
+    from relay.runtime.service import RelayService, StartupError
+    from relay.runtime.supervisor import WorkersService
 
     try:
         if options["workers"] > 1:

@@ -16,32 +16,32 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from relay.accounting import UsageRecorder
+from relay.telemetry.accounting import UsageRecorder
 from relay.auth.chain import FirstOf
-from relay.auth.tenants import TenantChecker
-from relay.directory import Directory
-from relay.logs import useLogFormat
-from relay.metrics import Metrics
-from relay.policy import PolicyContext
+from relay.auth.logins import TenantChecker
+from relay.runtime.directory import Directory
+from relay.telemetry.logs import useLogFormat
+from relay.telemetry.metrics import Metrics
+from relay.seams.policy import PolicyContext
 from relay.policy.chain import PolicyChain
-from relay.registry import Discovery, discover
-from relay.report import AddressRedactor, Reporter
+from relay.seams.discovery import Discovery, discover
+from relay.telemetry.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
-from relay.reply import Reply
+from relay.core.reply import Reply
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures, RedisAuthFailures
 from relay.server.protocol import SMTPServerFactory
-from relay.server.proxy import PREFIX as PROXY_PREFIX
-from relay.server.proxy import ProxiedEndpoint
-from relay.endpoints import AdoptedEndpoint
+from relay.runtime.proxy import PREFIX as PROXY_PREFIX
+from relay.runtime.proxy import ProxiedEndpoint
+from relay.runtime.endpoints import AdoptedEndpoint
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
 from relay.store.repository import Store
-from relay.sharedstate import RedisConnection
+from relay.runtime.sharedstate import RedisConnection
 from relay.store.secrets import KeyRing
-from relay.tls import serverTLSOptions
-from relay.upstreams import UpstreamContext
+from relay.core.tls import serverTLSOptions
+from relay.seams.upstream import UpstreamContext
 from relay.upstreams.pool import UpstreamPool
-from relay.web import metricsSite
+from relay.telemetry.monitoring import metricsSite
 
 __all__ = ["RelayService", "StartupError"]
 

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from relay.urls import UpstreamURL
+from relay.core.urls import UpstreamURL
 
 __all__ = ["Login", "Network", "Rate", "Snapshot", "Tenant", "Upstream"]
 

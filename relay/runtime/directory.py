@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from relay.tenants import Login, Snapshot, Tenant
+from relay.core.tenant import Login, Snapshot, Tenant
 
 __all__ = ["Directory"]
 

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relay.auth.verified import VerifiedCache
-from relay.passwords import hashPassword, needsRehash, verifyPassword
+from relay.auth.passwords import hashPassword, needsRehash, verifyPassword
 
 __all__ = ["TenantChecker", "TenantCheckerFactory"]
 

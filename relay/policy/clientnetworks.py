@@ -10,7 +10,7 @@ import ipaddress
 
 from twisted.logger import Logger
 
-from relay.logtext import logText
+from relay.core.logtext import logText
 from relay.plugin import CONTINUE, Policy, reject
 
 __all__ = ["ClientNetworkPolicy"]

@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from relay.usage import COUNTERS, UsageDelta
+from relay.store.values import COUNTERS, UsageDelta
 
 __all__ = ["UsageRecorder"]
 

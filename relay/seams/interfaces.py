@@ -34,7 +34,7 @@ class IUpstreamType(Interface):
         Check an upstream URL without touching the network.  Called by
         C{smtprelay-admin upstream add} and when the relay loads tenants.
 
-        @param url: a L{relay.urls.UpstreamURL} with one of L{schemes}.
+        @param url: a L{relay.core.urls.UpstreamURL} with one of L{schemes}.
         @raise ValueError: with a one-line reason the operator can act on.
         """
 
@@ -42,11 +42,11 @@ class IUpstreamType(Interface):
         """
         Connect to the upstream and make it ready for a transaction.
 
-        @param url: a validated L{relay.urls.UpstreamURL}, password included.
-        @param context: a L{relay.upstreams.UpstreamContext} with the reactor,
+        @param url: a validated L{relay.core.urls.UpstreamURL}, password included.
+        @param context: a L{relay.seams.upstream.UpstreamContext} with the reactor,
             the relay's host name and TLS settings.
         @return: a Deferred that fires with an L{IUpstreamSession} ready for
-            C{mailFrom}, or fails with L{relay.upstreams.UpstreamError} when
+            C{mailFrom}, or fails with L{relay.seams.upstream.UpstreamError} when
             the upstream cannot be used (the relay then tries the tenant's
             next upstream).
         """
@@ -61,9 +61,9 @@ class IUpstreamSession(IConsumer):
         write (any number of times), end  -- or abort() at any point
         reset() before the next mailFrom, close() when done
 
-    The methods returning a reply fire with a L{relay.reply.Reply} for every
+    The methods returning a reply fire with a L{relay.core.reply.Reply} for every
     answer the upstream gives, positive or not; they fail with
-    L{relay.upstreams.UpstreamError} only when the conversation broke
+    L{relay.seams.upstream.UpstreamError} only when the conversation broke
     (connection lost, timeout, garbage), after which the relay calls
     L{abort}.
 
@@ -147,9 +147,9 @@ class IUpstreamSession(IConsumer):
 class IPolicy(Interface):
     """
     A policy: checks that run at fixed points of every session.  Every hook
-    receives the L{relay.envelope.ClientInfo}; the transaction hooks also
-    receive the L{relay.envelope.Transaction}.  Each returns a
-    L{relay.verdict.Verdict}, or a Deferred firing with one.
+    receives the L{relay.core.envelope.ClientInfo}; the transaction hooks also
+    receive the L{relay.core.envelope.Transaction}.  Each returns a
+    L{relay.core.verdict.Verdict}, or a Deferred firing with one.
 
     Subclass L{relay.plugin.Policy} and override the hooks you need; the
     others answer C{CONTINUE}.
@@ -172,7 +172,7 @@ class IPolicy(Interface):
 
     def rcptTo(client, transaction, recipient):
         """
-        RCPT TO for the L{relay.address.Mailbox} C{recipient}; earlier
+        RCPT TO for the L{relay.core.address.Mailbox} C{recipient}; earlier
         accepted recipients are in C{transaction.recipients}.
         """
 
@@ -181,7 +181,7 @@ class IPolicy(Interface):
         The message's header block arrived (before anything of the message
         was sent upstream).
 
-        @param headers: a L{relay.headers.HeaderBlock}.
+        @param headers: a L{relay.core.headers.HeaderBlock}.
         """
 
     def bodyChunk(client, transaction, chunk):
@@ -221,7 +221,7 @@ class IPolicyFactory(Interface):
 
     def makePolicy(context):
         """
-        @param context: a L{relay.policy.PolicyContext} with the reactor and
+        @param context: a L{relay.seams.policy.PolicyContext} with the reactor and
             the relay's options.
         @return: an L{IPolicy}.
         """

@@ -36,10 +36,10 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
-from relay.logs import useLogFormat
-from relay.server.proxy import PREFIX
-from relay.service import StartupError, checkConfiguration, stopOnTerminate
-from relay.web import metricsSite
+from relay.telemetry.logs import useLogFormat
+from relay.runtime.proxy import PREFIX
+from relay.runtime.service import StartupError, checkConfiguration, stopOnTerminate
+from relay.telemetry.monitoring import metricsSite
 
 __all__ = ["WorkersService", "workerArguments"]
 
@@ -152,7 +152,7 @@ class WorkersService(Service):
         fds.update({port.fileno(): port.fileno() for port in self._ports})
         environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metricsDirectory}
         process = self._reactor.spawnProcess(
-            worker, sys.executable, [sys.executable, "-m", "relay.worker", *self._arguments],
+            worker, sys.executable, [sys.executable, "-m", "relay.runtime.worker", *self._arguments],
             env=environment, childFDs=fds,
         )  # fmt: skip
         worker.pid = process.pid

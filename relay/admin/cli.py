@@ -25,17 +25,17 @@ from datetime import date
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from relay.passwords import generatePassword
-from relay.registry import upstreamTypes
+from relay.auth.passwords import generatePassword
+from relay.seams.discovery import upstreamTypes
 from relay.store.database import DEFAULT_DATABASE, openEngine, requireCurrentSchema, upgrade
 from relay.store.errors import Conflict, Invalid, NotFound, StoreError, UndecryptableSecret
 from relay.store.models import ACTIVE, SUSPENDED
 from relay.store.repository import Store
 from relay.store.secrets import DEFAULT_KEY_FILE, KeyRing, dropOldKeys, rotate
 from relay.store.values import TenantDetails
-from relay.tenants import Rate
-from relay.urls import UpstreamURL
-from relay.usage import COUNTERS
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
+from relay.store.values import COUNTERS
 
 __all__ = ["main", "validateUpstream"]
 

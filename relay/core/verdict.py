@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from relay.reply import Reply
+from relay.core.reply import Reply
 
 __all__ = ["CONTINUE", "Verdict", "accept", "reject", "tempfail"]
 

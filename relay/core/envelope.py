@@ -14,8 +14,8 @@ from base64 import b32encode
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.address import Mailbox
-from relay.tenants import Tenant
+from relay.core.address import Mailbox
+from relay.core.tenant import Tenant
 
 __all__ = ["ClientInfo", "Transaction", "newQueueId"]
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from relay.address import Mailbox
-from relay.envelope import ClientInfo, Transaction
-from relay.logtext import logText
-from relay.metrics import Metrics
-from relay.reply import Reply
+from relay.core.address import Mailbox
+from relay.core.envelope import ClientInfo, Transaction
+from relay.core.logtext import logText
+from relay.telemetry.metrics import Metrics
+from relay.core.reply import Reply
 
 __all__ = ["ADDRESS_MODES", "AddressRedactor", "Reporter"]
 
@@ -81,7 +81,7 @@ class Reporter:
     def __init__(self, metrics: Metrics, redact: AddressRedactor, usage=None):
         """
         @param usage: counts each transaction per tenant and day for billing
-            (a L{relay.accounting.UsageRecorder}), or C{None}.
+            (a L{relay.telemetry.accounting.UsageRecorder}), or C{None}.
         """
         self.metrics = metrics
         self._redact = redact

@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.plugin import getCache, getPlugins
 from twisted.python.modules import getModule
 
-from relay.interfaces import IPolicyFactory, IUpstreamType
+from relay.seams.interfaces import IPolicyFactory, IUpstreamType
 
 __all__ = ["Discovery", "discover", "policyFactories", "upstreamTypes"]
 

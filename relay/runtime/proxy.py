@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
-from relay.logtext import logText
+from relay.core.logtext import logText
 
 __all__ = ["PREFIX", "ProxiedEndpoint", "ProxyHeaderError", "isTrusted", "parseV1", "parseV2"]
 

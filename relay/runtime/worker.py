@@ -2,7 +2,7 @@
 A C{--workers} child process: the relay on sockets inherited from the
 parent, logging JSON records to standard output for the parent to forward.
 
-    python -m relay.worker SMTPRELAY-OPTIONS... --inherit-fds=3,4
+    python -m relay.runtime.worker SMTPRELAY-OPTIONS... --inherit-fds=3,4
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ LOG_INTERVAL = 0.25  # seconds between batches of log lines to the parent
 
 
 def main(argv: list[str]) -> int:
-    from relay.reactor import install
+    from relay.runtime.reactor import install
 
     reactor = install()  # before anything imports the default one
 
     from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
-    from relay.logs import BatchedOutput
-    from relay.tap import Options
+    from relay.telemetry.logs import BatchedOutput
+    from relay.runtime.tap import Options
 
     options = Options()
     options.parseOptions(argv)
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
 
     from twisted.internet.task import LoopingCall
 
-    from relay.service import RelayService, StartupError
+    from relay.runtime.service import RelayService, StartupError
 
     try:
         try:

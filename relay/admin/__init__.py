@@ -1,0 +1,3 @@
+"""
+Managing the tenant store: the C{smtprelay-admin} command line.
+"""
