@@ -9,7 +9,7 @@ C{twisted.internet.testing.MemoryReactorClock} and C{StringTransport}.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -23,9 +23,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.seams.interfaces import IPolicy, IUpstreamSession, IUpstreamType
 from relay.telemetry.metrics import Metrics
-from relay.policy.chain import PolicyChain
+from relay.policy.chain import NamedPolicy, PolicyChain
 from relay.core.reply import Reply
 from relay.telemetry.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
@@ -69,11 +69,9 @@ class FakeUpstreamSession:
     @ivar delivered: the upstream type's list of completed messages.
     """
 
-    upstreamType = "fake"
-
-    def __init__(self, kind: FakeUpstreamType, peer: str):
+    def __init__(self, kind: FakeUpstreamType, host: str):
         self._kind = kind
-        self.peer = peer
+        self.host = host
         self.alive = True
         self.calls: list[str] = []
         self.held: dict[str, Deferred] = {}
@@ -227,14 +225,26 @@ ACME = Tenant(
 """The tenant of L{fakeServerContext}."""
 
 
+def _named(policies: Mapping[str, IPolicy] | Sequence[IPolicy]) -> list[tuple[str, IPolicy]]:
+    """Policies by name: as given in a mapping, else named after their class."""
+    if isinstance(policies, Mapping):
+        return list(policies.items())
+    return [(type(policy).__name__, policy) for policy in policies]
+
+
 def fakeServerContext(
-    reactor, upstreamType: FakeUpstreamType | None = None, policies=(), tenant: Tenant = ACME, **settings
+    reactor,
+    upstreamType: FakeUpstreamType | None = None,
+    policies: Mapping[str, IPolicy] | Sequence[IPolicy] = (),
+    tenant: Tenant = ACME,
+    **settings,
 ) -> ServerContext:
     """
     A L{ServerContext} with one tenant (L{ACME} unless given: login C{alice}
     / C{secret}, upstreams C{fake://primary} and C{fake://backup})
-    delivering to C{upstreamType}, with fresh metrics.  C{settings} override
-    L{ServerContext} fields.
+    delivering to C{upstreamType}, with fresh metrics.  C{policies} run in
+    order, named as in a mapping (the names metrics and logs show) or after
+    their class.  C{settings} override L{ServerContext} fields.
     """
     kind = upstreamType or FakeUpstreamType()
     reporter = Reporter(Metrics(processMetrics=False), AddressRedactor("full"))
@@ -245,7 +255,9 @@ def fakeServerContext(
         directory=FakeDirectory({tenant.name: tenant}),
         checker=FakeChecker({"alice": ("secret", tenant.name)}),
         policies=PolicyChain(
-            list(policies), reactor, onRefusal=lambda name, client, verdict: reporter.refused(name, client, verdict.reply)
+            [NamedPolicy(name, policy) for name, policy in _named(policies)],
+            reactor,
+            onRefusal=lambda name, client, verdict: reporter.refused(name, client, verdict.reply),
         ),
         upstreams=UpstreamPool({"fake": kind}, context, reporter),
         reporter=reporter,

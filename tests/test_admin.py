@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from relay.admin import cli as admin
+from relay.seams.discovery import Discovery, LoadedType
 from relay.auth.passwords import verifyPassword
 from tests.adminfixtures import Result, acme, keyFile, run, snapshot  # noqa: F401
 from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
@@ -275,6 +276,9 @@ def test_upstreamUnknownScheme(acme):
 class FakeSMTPType:
     """Stands in for the smtp upstream type: refuses C{verify} other than yes or no."""
 
+    name = "smtp"
+    schemes = ("smtp",)
+
     @staticmethod
     def validate(url):
         if url.option("verify", "yes") not in ("yes", "no"):
@@ -293,7 +297,7 @@ class FakeSMTPType:
 )
 def test_upstreamRefused(acme, monkeypatch, args, message):
     """A malformed or refused upstream gives status 2, never showing its password."""
-    monkeypatch.setattr(admin, "upstreamTypes", lambda: {"smtp": FakeSMTPType})
+    monkeypatch.setattr(admin, "discover", lambda: Discovery(upstreamTypes=[LoadedType(FakeSMTPType, FakeSMTPType)]))
     result = acme("upstream", "add", *args)
     assert (result.status, result.out) == (2, "")
     assert result.error.startswith(message)

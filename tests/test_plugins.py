@@ -83,9 +83,9 @@ def test_broken_plugin_reported_by_name(tmp_path, ca):
     (plugins / "smtprelay_broken.py").write_text(BROKEN)
     environment = {"PYTHONPATH": str(tmp_path / "site")}
     output = listPlugins(**environment)
-    assert "BROKEN plugin modules:\n  smtprelay_broken: ImportError: boom: a plugin with a missing dependency" in output
+    assert "BROKEN plugins:\n  smtprelay_broken: ImportError: boom: a plugin with a missing dependency" in output
     relay = RelayProcess(tmp_path / "relay", ca, environment=environment)
     try:
-        assert "plugin module failed to load: smtprelay_broken: ImportError: boom" in relay.log()
+        assert "plugin broken: smtprelay_broken: ImportError: boom" in relay.log()
     finally:
         relay.stop()

@@ -22,6 +22,14 @@ from relay.policy.urlblocklist import URLBlocklistPolicy
 from relay.core.tenant import Network, Rate
 from relay.testing import ACME, FakeUpstreamType, MemoryClient, fakeServerContext
 
+NAMES = {
+    ClientNetworkPolicy: "client-networks",
+    RateLimitPolicy: "rate-limit",
+    RecipientPolicy: "recipients",
+    SalesforceOrgPolicy: "salesforce-org",
+    SenderDomainPolicy: "sender-domain",
+    URLBlocklistPolicy: "url-blocklist",
+}
 MESSAGE = b"From: Alice <alice@example.com>\r\nSubject: hi\r\n\r\nhello\r\n"
 
 
@@ -30,7 +38,7 @@ def client(policy, address="192.0.2.7", **tenant) -> MemoryClient:
     reactor = MemoryReactorClock()
     upstream = FakeUpstreamType()
     made = policy(PolicyContext(reactor=reactor, options={}))
-    context = fakeServerContext(reactor, upstream, policies=[made], tenant=replace(ACME, **tenant))
+    context = fakeServerContext(reactor, upstream, policies={NAMES[policy]: made}, tenant=replace(ACME, **tenant))
     return MemoryClient(upstream, address=address, context=context)
 
 

@@ -14,7 +14,7 @@ from relay.telemetry.report import AddressRedactor, Reporter
 from relay.core.tenant import Tenant, Upstream
 from relay.testing import FakeUpstreamType
 from relay.seams.upstream import UpstreamContext, UpstreamError
-from relay.upstreams.pool import Release, UpstreamPool
+from relay.upstreams.pool import UpstreamPool
 from relay.core.urls import UpstreamURL
 
 
@@ -40,12 +40,12 @@ def test_priority_order_and_failover():
     """The lowest priority number is tried first; an unreachable one is skipped."""
     kind = FakeUpstreamType()
     p, _ = pool(kind)
-    session, reply = begin(p, tenant(("second", 20), ("first", 10)))
-    assert session.peer == "first" and reply.code == 250
+    lease, reply = begin(p, tenant(("second", 20), ("first", 10)))
+    assert lease.session.host == "first" and lease.peer == "fake://first" and reply.code == 250
     kind.unreachable.add("first")
-    p.release(session, Release.BROKEN)
-    session, _ = begin(p, tenant(("second", 20), ("first", 10)))
-    assert session.peer == "second"
+    p.release(lease, reusable=False)
+    lease, _ = begin(p, tenant(("second", 20), ("first", 10)))
+    assert lease.session.host == "second"
 
 
 def test_equal_priorities_share_the_load():
@@ -57,9 +57,9 @@ def test_equal_priorities_share_the_load():
     p = UpstreamPool({"fake": kind}, context, reporter, chance=random.Random(7))
     peers = set()
     for _ in range(20):
-        session, _ = begin(p, tenant(("a", 10), ("b", 10)))
-        peers.add(session.peer)
-        p.release(session, Release.BROKEN)
+        lease, _ = begin(p, tenant(("a", 10), ("b", 10)))
+        peers.add(lease.session.host)
+        p.release(lease, reusable=False)
     assert peers == {"a", "b"}
 
 
@@ -72,54 +72,116 @@ def test_all_unreachable():
     assert failure.check(UpstreamError)
 
 
-def test_reuse_clean_and_reset_dirty():
-    """A clean session is reused as is; a dirty one after RSET."""
+def test_reset_before_every_reuse():
+    """A session is reset before it is reused, however its transaction ended (the plugin contract)."""
     kind = FakeUpstreamType()
     p, _ = pool(kind)
-    session, _ = begin(p, tenant(("a", 10)))
-    p.release(session, Release.CLEAN)
+    lease, _ = begin(p, tenant(("a", 10)))
+    p.release(lease, reusable=True)
+    assert lease.session.calls == ["MAIL", "RSET"]
     again, _ = begin(p, tenant(("a", 10)))
-    assert again is session and "RSET" not in session.calls
-    p.release(again, Release.DIRTY)
-    assert session.calls[-1] == "RSET"
-    assert begin(p, tenant(("a", 10)))[0] is session
+    assert again is lease
+    p.release(again, reusable=True)
+    assert lease.session.calls == ["MAIL", "RSET", "MAIL", "RSET"]
     assert len(kind.sessions) == 1
+
+
+def test_failed_reset_not_reused():
+    """A session whose reset fails is aborted, never reused."""
+    kind = FakeUpstreamType()
+    p, _ = pool(kind)
+    lease, _ = begin(p, tenant(("a", 10)))
+    kind.errors.add("RSET")
+    p.release(lease, reusable=True)
+    assert lease.session.calls[-1] == "ABORT"
+    assert begin(p, tenant(("a", 10)))[0] is not lease
+
+
+def test_nonconforming_session_refused():
+    """A session that does not provide IUpstreamSession is refused at open, before any message: the next upstream is used."""
+
+    class Careless(FakeUpstreamType):
+        def open(self, url, context):
+            d = super().open(url, context)
+            if url.host == "careless":
+                d.addCallback(lambda session: (setattr(session, "reset", None), session)[1])
+            return d
+
+    kind = Careless()
+    p, _ = pool(kind)
+    lease, _ = begin(p, tenant(("careless", 10), ("b", 20)))
+    assert lease.session.host == "b"
+    assert kind.sessions[0].calls == ["ABORT"]
+
+
+def test_plugin_errors_contained():
+    """A type that raises in open, or a session that raises or answers garbage, is an UpstreamError, not a crash."""
+
+    class Broken(FakeUpstreamType):
+        def open(self, url, context):
+            if url.host == "raises":
+                raise RuntimeError("bug in open")
+            return super().open(url, context)
+
+    kind = Broken()
+    p, _ = pool(kind)
+    lease, _ = begin(p, tenant(("raises", 10), ("b", 20)))
+    assert lease.session.host == "b"
+    lease.session.rcptTo = lambda recipient, parameters: 1 / 0
+    failures = []
+    lease.rcptTo("x@example.net", {}).addErrback(failures.append)
+    assert failures[0].check(UpstreamError) and failures[0].value.kind == "protocol"
+    assert not lease.alive
+    lease.session.data = lambda: "not a reply"
+    lease.data().addErrback(failures.append)
+    assert failures[1].value.kind == "protocol"
 
 
 def test_dead_idle_session_replaced():
     """A pooled session that died while idle is not used; a fresh one is opened."""
     kind = FakeUpstreamType()
     p, _ = pool(kind)
-    session, _ = begin(p, tenant(("a", 10)))
-    p.release(session, Release.CLEAN)
-    session.alive = False
+    lease, _ = begin(p, tenant(("a", 10)))
+    p.release(lease, reusable=True)
+    lease.session.alive = False
     fresh, _ = begin(p, tenant(("a", 10)))
-    assert fresh is not session and len(kind.sessions) == 2
+    assert fresh is not lease and len(kind.sessions) == 2
 
 
 def test_idle_timeout_closes():
     """An unused session is closed after the idle timeout."""
     kind = FakeUpstreamType()
     p, reactor = pool(kind, idleTimeout=30.0)
-    session, _ = begin(p, tenant(("a", 10)))
-    p.release(session, Release.CLEAN)
+    lease, _ = begin(p, tenant(("a", 10)))
+    p.release(lease, reusable=True)
     reactor.advance(29)
-    assert "QUIT" not in session.calls
+    assert "QUIT" not in lease.session.calls
     reactor.advance(1)
-    assert session.calls[-1] == "QUIT"
-    assert begin(p, tenant(("a", 10)))[0] is not session
+    assert lease.session.calls[-1] == "QUIT"
+    assert begin(p, tenant(("a", 10)))[0] is not lease
 
 
 def test_cap_waits_for_a_session():
     """At the cap a transaction waits for a session to come back, then reuses it."""
     kind = FakeUpstreamType()
     p, reactor = pool(kind, maxPerUpstream=1)
-    session, _ = begin(p, tenant(("a", 10)))
+    lease, _ = begin(p, tenant(("a", 10)))
     waiting = []
     p.begin(tenant(("a", 10)), "b@example.com", {}).addBoth(waiting.append)
     assert waiting == []
-    p.release(session, Release.CLEAN)
-    assert waiting[0][0] is session and len(kind.sessions) == 1
+    p.release(lease, reusable=True)
+    assert waiting[0][0] is lease and len(kind.sessions) == 1
+
+
+def test_cap_waiter_gets_a_new_session_when_one_closes():
+    """At the cap, a session that is dropped lets the waiting transaction open a fresh one."""
+    kind = FakeUpstreamType()
+    p, reactor = pool(kind, maxPerUpstream=1)
+    lease, _ = begin(p, tenant(("a", 10)))
+    waiting = []
+    p.begin(tenant(("a", 10)), "b@example.com", {}).addBoth(waiting.append)
+    p.release(lease, reusable=False)
+    assert waiting[0][0] is not lease and len(kind.sessions) == 2
 
 
 def test_cap_wait_times_out_to_next_upstream():
@@ -130,4 +192,4 @@ def test_cap_wait_times_out_to_next_upstream():
     results = []
     p.begin(tenant(("a", 10), ("b", 20)), "b@example.com", {}).addBoth(results.append)
     reactor.advance(30)
-    assert results[0][0].peer == "b"
+    assert results[0][0].session.host == "b"

@@ -155,7 +155,7 @@ def test_failover_and_reuse():
     client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
     client.send(b"x\r\n.\r\n")
     assert len(upstream.delivered) == 2
-    assert [s.peer for s in upstream.sessions] == ["backup"]
+    assert [s.host for s in upstream.sessions] == ["backup"]
 
 
 def test_no_upstream():

@@ -39,7 +39,7 @@ STUFFED = b"Subject: x\r\n\r\n..leading\r\n...two\r\nmid.dle\r\n..\r\nend\r\n"
 def test_dot_stuffing_at_every_boundary(cut):
     """However the message is split into writes, the wire carries it correctly stuffed, then the dot."""
     clock, protocol, transport = connected()
-    session = SMTPSession(protocol, {}, "peer", "smtp")
+    session = SMTPSession(protocol, {})
     session.data()
     transport.clear()
     session.write(MESSAGE[:cut])
@@ -51,7 +51,7 @@ def test_dot_stuffing_at_every_boundary(cut):
 def test_message_starting_with_a_dot():
     """The very first line of a message is at a line start too."""
     clock, protocol, transport = connected()
-    session = SMTPSession(protocol, {}, "peer", "smtp")
+    session = SMTPSession(protocol, {})
     session.data()
     transport.clear()
     session.write(b".x\r\n")

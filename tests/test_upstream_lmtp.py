@@ -32,7 +32,7 @@ def session() -> tuple[LMTPSession, SMTPClientProtocol, StringTransport, Clock]:
     protocol = SMTPClientProtocol(clock, TIMEOUT)
     protocol.makeConnection(transport)
     protocol.dataReceived(b"220 lmtp.test LMTP\r\n")
-    return LMTPSession(protocol, {}, "lmtp.test", "lmtp"), protocol, transport, clock
+    return LMTPSession(protocol, {}), protocol, transport, clock
 
 
 def fired(d) -> list:

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.auth.passwords import generatePassword
-from relay.seams.discovery import upstreamTypes
+from relay.seams.discovery import discover
 from relay.store.database import DEFAULT_DATABASE, openEngine, requireCurrentSchema, upgrade
 from relay.store.errors import Conflict, Invalid, NotFound, StoreError, UndecryptableSecret
 from relay.store.models import ACTIVE, SUSPENDED
@@ -51,10 +51,13 @@ def validateUpstream(url: UpstreamURL) -> None:
     """
     Check an upstream URL with the installed upstream type of its scheme.
 
-    @raise ValueError: no installed type handles the scheme, or the type
-        refuses the URL.
+    @raise ValueError: no usable installed type handles the scheme, or the
+        type refuses the URL.
     """
-    types = upstreamTypes()
+    found = discover()
+    if url.scheme in found.broken:
+        raise ValueError(f"the upstream type for {url.scheme}:// is broken: {found.broken[url.scheme]}")
+    types = found.typesByScheme()
     if url.scheme not in types:
         raise ValueError(f"unknown upstream scheme {url.scheme!r} (installed: {', '.join(sorted(types))})")
     types[url.scheme].validate(url)

@@ -1,10 +1,13 @@
 """
-Running the policies in order, containing their failures.
+Running the policies in order, containing their failures.  Each policy is
+named by the name it was registered under (its plugin name), in metrics and
+in log lines.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -16,10 +19,18 @@ from relay.seams.interfaces import IPolicy
 from relay.seams.policy import Policy
 from relay.core.verdict import CONTINUE, Decision, Verdict, tempfail
 
-__all__ = ["PolicyChain"]
+__all__ = ["NamedPolicy", "PolicyChain"]
 
 _HOOKS = tuple(name for name, spec in IPolicy.namesAndDescriptions() if isinstance(spec, Method))
 _POLICY_FAILED = tempfail(451, "4.3.0", "Temporary policy failure, try again later")
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPolicy:
+    """A policy and the name it was registered under."""
+
+    name: str
+    policy: IPolicy
 
 
 class PolicyChain:
@@ -30,6 +41,7 @@ class PolicyChain:
     L{Verdict} or takes longer than the hook timeout tempfails the
     transaction and is logged; it never breaks the session or the process.
 
+    @param policies: in the order they run, each with its registered name.
     @param onRefusal: called with the policy's name, the client and the
         verdict whenever a policy refuses (for metrics and logs).
     """
@@ -38,7 +50,7 @@ class PolicyChain:
 
     def __init__(
         self,
-        policies: Sequence[IPolicy],
+        policies: Sequence[NamedPolicy],
         clock: IReactorTime,
         timeout: float = 30.0,
         onRefusal: Callable[[str, object, Verdict], None] = lambda name, client, verdict: None,
@@ -50,7 +62,7 @@ class PolicyChain:
         # Per hook, only the policies that do something there: a hook left
         # as relay.plugin.Policy has it always answers CONTINUE.
         self._byHook = {
-            hook: tuple(p for p in self._policies if getattr(type(p), hook, None) is not getattr(Policy, hook))
+            hook: tuple(p for p in self._policies if getattr(type(p.policy), hook, None) is not getattr(Policy, hook))
             for hook in _HOOKS
         }
 
@@ -65,10 +77,10 @@ class PolicyChain:
         """
         return self._resume(iter(self._byHook[hook]), hook, args)
 
-    def _resume(self, policies: Iterator[IPolicy], hook: str, args: tuple) -> Verdict | Deferred[Verdict]:
+    def _resume(self, policies: Iterator[NamedPolicy], hook: str, args: tuple) -> Verdict | Deferred[Verdict]:
         for policy in policies:
             try:
-                result = getattr(policy, hook)(*args)
+                result = getattr(policy.policy, hook)(*args)
             except Exception:
                 return self._decided(self._broken(Failure(), policy, hook), policy, args)
             if isinstance(result, Deferred):
@@ -90,12 +102,12 @@ class PolicyChain:
             return self._decided(verdict, policy, args)
         return self._resume(policies, hook, args)
 
-    def _decided(self, verdict: Verdict, policy: IPolicy, args: tuple) -> Verdict:
+    def _decided(self, verdict: Verdict, policy: NamedPolicy, args: tuple) -> Verdict:
         if verdict.refuses:
             self._onRefusal(policy.name, args[0], verdict)
         return verdict
 
-    def _checked(self, result: object, policy: IPolicy, hook: str) -> Verdict:
+    def _checked(self, result: object, policy: NamedPolicy, hook: str) -> Verdict:
         if isinstance(result, Verdict):
             return result
         self.log.error(
@@ -103,7 +115,7 @@ class PolicyChain:
         )
         return _POLICY_FAILED
 
-    def _broken(self, failure: Failure, policy: IPolicy, hook: str) -> Verdict:
+    def _broken(self, failure: Failure, policy: NamedPolicy, hook: str) -> Verdict:
         self.log.failure("policy {policy} failed in {hook}", failure, policy=policy.name, hook=hook)
         return _POLICY_FAILED
 
@@ -114,7 +126,7 @@ class PolicyChain:
         """
         for policy in self._byHook[hook]:
             try:
-                result = getattr(policy, hook)(*args)
+                result = getattr(policy.policy, hook)(*args)
             except Exception:
                 self._broken(Failure(), policy, hook)
                 continue

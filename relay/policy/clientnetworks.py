@@ -17,11 +17,9 @@ __all__ = ["ClientNetworkPolicy"]
 
 
 class ClientNetworkPolicy(Policy):
-    name = "client-networks"
-    log = Logger()
+    """AUTH only from the tenant's networks, when it lists any."""
 
-    def __init__(self, context=None):
-        pass
+    log = Logger()
 
     def auth(self, client, login):
         restricted = [n.network for n in client.tenant.networks if not n.noAuth]

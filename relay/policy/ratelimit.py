@@ -19,9 +19,10 @@ from twisted.internet.defer import Deferred
 
 from relay.core.maybe import then
 from relay.plugin import CONTINUE, Policy, tempfail
-from relay.runtime.sharedstate import RedisConnection
+from relay.seams.interfaces import ISharedState
 from relay.core.tenant import Rate
 
+NOTES = "rate-limit"  # its key in transaction.notes
 __all__ = ["MemoryBudget", "RateLimitPolicy", "RedisBudget"]
 
 RATE_EXCEEDED = tempfail(450, "4.7.1", "Rate limit exceeded for this tenant, try again later")
@@ -78,12 +79,12 @@ return 1
 
 class RedisBudget:
     """
-    Counters in Redis (L{RedisConnection}), shared by every relay using the
+    Counters in Redis (the relay's L{ISharedState}), shared by every relay using the
     same server.  Windows are aligned to the Redis server's clock, so
     instances need not agree on time.
     """
 
-    def __init__(self, redis: RedisConnection):
+    def __init__(self, redis: ISharedState):
         self._redis = redis
         self._spend = redis.script(_SPEND)
         self._acquire = redis.script(_ACQUIRE)
@@ -105,9 +106,8 @@ class RedisBudget:
 class RateLimitPolicy(Policy):
     """Messages per period and in flight at MAIL, recipients per period at RCPT."""
 
-    name = "rate-limit"
-
     def __init__(self, context):
+        super().__init__(context)
         shared = context.sharedState
         self._budget = RedisBudget(shared) if shared is not None else MemoryBudget(context.reactor)
 
@@ -120,7 +120,7 @@ class RateLimitPolicy(Policy):
         def slotted(ok: bool):
             if not ok:
                 return TOO_MANY_AT_ONCE
-            transaction.notes[self.name] = (tenant.name, token)
+            transaction.notes[NOTES] = (tenant.name, token)
             return self._spendMessage(tenant)
 
         return then(self._budget.acquire(tenant.name, tenant.maxConcurrency, token), slotted)
@@ -138,6 +138,6 @@ class RateLimitPolicy(Policy):
         return then(spent, lambda ok: CONTINUE if ok else RECIPIENT_RATE_EXCEEDED)
 
     def reset(self, client, transaction):
-        slot = transaction.notes.pop(self.name, None)
+        slot = transaction.notes.pop(NOTES, None)
         if slot is not None:
             self._budget.release(*slot)

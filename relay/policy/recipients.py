@@ -24,10 +24,7 @@ def _reinterpretable(recipient) -> str | None:
 
 
 class RecipientPolicy(Policy):
-    name = "recipients"
-
-    def __init__(self, context=None):
-        pass
+    """Recipient forms an upstream could reroute, and the tenant's cap per message."""
 
     def rcptTo(self, client, transaction, recipient):
         problem = _reinterpretable(recipient)

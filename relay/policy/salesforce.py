@@ -13,10 +13,7 @@ __all__ = ["SalesforceOrgPolicy"]
 
 
 class SalesforceOrgPolicy(Policy):
-    name = "salesforce-org"
-
-    def __init__(self, context=None):
-        pass
+    """X-SFDC-LK must carry the tenant's Salesforce org id."""
 
     def headers(self, client, transaction, headers):
         orgId = client.tenant.orgId

@@ -27,10 +27,7 @@ def _problem(mailbox: Mailbox, allowed: frozenset[str]) -> str | None:
 
 
 class SenderDomainPolicy(Policy):
-    name = "sender-domain"
-
-    def __init__(self, context=None):
-        pass
+    """MAIL FROM and every header From: author in the tenant's domains."""
 
     def mailFrom(self, client, transaction):
         sender = transaction.sender

@@ -15,6 +15,7 @@ import re
 
 from relay.plugin import CONTINUE, Policy, reject
 
+NOTES = "url-blocklist"  # its key in transaction.notes
 __all__ = ["URLBlocklistPolicy"]
 
 _URL = re.compile(
@@ -32,10 +33,7 @@ def _blocked(host: str, blocklist: frozenset[str]) -> bool:
 
 
 class URLBlocklistPolicy(Policy):
-    name = "url-blocklist"
-
-    def __init__(self, context=None):
-        pass
+    """Refuses messages linking to the tenant's blocklisted domains, found while streaming."""
 
     def headers(self, client, transaction, headers):
         return self._scan(client, transaction, headers.raw)
@@ -47,10 +45,10 @@ class URLBlocklistPolicy(Policy):
         blocklist = client.tenant.blocklist
         if not blocklist:
             return CONTINUE
-        text = (transaction.notes.get(self.name, b"") + data).replace(b"=\r\n", b"")
+        text = (transaction.notes.get(NOTES, b"") + data).replace(b"=\r\n", b"")
         for match in _URL.finditer(text):
             host = match.group(1).rstrip(b".-").decode("ascii").lower()
             if _blocked(host, blocklist):
                 return REFUSED
-        transaction.notes[self.name] = text[-TAIL:]
+        transaction.notes[NOTES] = text[-TAIL:]
         return CONTINUE

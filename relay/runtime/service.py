@@ -24,7 +24,11 @@ from relay.telemetry.logs import useLogFormat
 from relay.telemetry.metrics import Metrics
 from relay.seams.policy import PolicyContext
 from relay.policy.chain import PolicyChain
-from relay.seams.discovery import Discovery, discover
+from relay.core.tenant import Snapshot
+from relay.policy.chain import NamedPolicy
+from relay.seams.discovery import Discovery, discover, origin
+from relay.seams.interfaces import IPolicy
+from relay.seams.registration import PluginError, conformance
 from relay.telemetry.report import AddressRedactor, Reporter
 from relay.server.context import ServerContext
 from relay.core.reply import Reply
@@ -96,21 +100,52 @@ def checkConfiguration(options) -> None:
     _serverTLS(options)
 
 
-def _policies(options, reactor, discovery: Discovery, sharedState: RedisConnection | None) -> list:
-    """The installed policies, minus those disabled, built in order."""
-    unknown = set(options["disable-policy"]) - {factory.name for factory in discovery.policies}
+def _policies(options, reactor, discovery: Discovery, sharedState: RedisConnection | None) -> list[NamedPolicy]:
+    """
+    The installed policies, minus those disabled, built in order and
+    checked against L{IPolicy}; each is named as it was registered.
+    """
+    installed = {factory.name for factory in discovery.policies} | set(discovery.brokenPolicies)
+    unknown = set(options["disable-policy"]) - installed
     if unknown:
         raise StartupError(f"--disable-policy: no installed policy named {', '.join(sorted(unknown))}")
+    for name, reason in discovery.brokenPolicies.items():
+        if name not in options["disable-policy"]:
+            raise StartupError(f"{reason} (a relay never runs with fewer policies than installed: fix it, or --disable-policy {name})")
     context = PolicyContext(reactor=reactor, options=options, sharedState=sharedState)
     policies = []
     for factory in discovery.policies:
         if factory.name in options["disable-policy"]:
             continue
         try:
-            policies.append(factory.makePolicy(context))
+            policy = factory.makePolicy(context)
+            conformance(IPolicy, policy)
+        except PluginError as e:
+            raise StartupError(f"policy {factory.name} [{origin(factory)}]: {e}") from None
         except Exception as e:
             raise StartupError(f"policy {factory.name} cannot start: {type(e).__name__}: {e}") from None
+        policies.append(NamedPolicy(factory.name, policy))
     return policies
+
+
+def _requireTypes(snapshot: Snapshot, discovery: Discovery) -> None:
+    """
+    Refuse to start when a tenant needs an upstream type that is installed
+    but broken; log each tenant upstream whose scheme no type handles.
+    """
+    types = discovery.typesByScheme()
+    for tenant in snapshot.tenants.values():
+        for upstream in tenant.upstreams:
+            scheme = upstream.url.scheme
+            if scheme in discovery.broken:
+                raise StartupError(f"tenant {tenant.name} needs {discovery.broken[scheme]}")
+            if scheme not in types:
+                RelayService.log.error(
+                    "tenant {tenant}: no upstream type installed for {scheme}:// ({url} will fail over)",
+                    tenant=tenant.name,
+                    scheme=scheme,
+                    url=upstream.url.redacted(),
+                )
 
 
 def _checker(options, directory, store, reactor, threadPool):
@@ -141,11 +176,12 @@ class RelayService(MultiService):
         self._draining = False
         discovery = discover()
         for problem in discovery.problems:
-            self.log.error("plugin module failed to load: {problem}", problem=problem)
+            self.log.error("plugin broken: {problem}", problem=problem)
         store, keyRing = _openStore(options)
         self.threadPool = ThreadPool(minthreads=1, maxthreads=options["store-threads"], name="smtprelay-store")
         self.directory = Directory(store, reactor, self.threadPool, options["refresh-interval"])
         self.directory.swap(store.loadSnapshot())
+        _requireTypes(self.directory.snapshot, discovery)
         tls = _serverTLS(options)
         try:
             redact = AddressRedactor(options["log-addresses"], keyRing.hmacKey())
@@ -165,7 +201,7 @@ class RelayService(MultiService):
             timeout=options["upstream-timeout"],
         )
         self.upstreams = UpstreamPool(
-            {scheme: kind for kind in discovery.upstreamTypes for scheme in kind.schemes},
+            discovery.typesByScheme(),
             upstreamContext,
             reporter,
             idleTimeout=options["upstream-idle-timeout"],

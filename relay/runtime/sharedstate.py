@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from relay.seams.interfaces import ISharedState
 
 __all__ = ["RedisConnection"]
 
@@ -23,6 +26,7 @@ T = TypeVar("T")
 TIMEOUT = 5.0  # seconds for a Redis connect or reply: a stuck server costs a tempfail, not a hung session
 
 
+@implementer(ISharedState)
 class RedisConnection:
     """
     One Redis server, used from the reactor thread.

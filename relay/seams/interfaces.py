@@ -4,6 +4,11 @@ The seams plugin authors implement.  See C{docs/plugins.md} for the guide.
 Every method that may wait returns a L{Deferred}; none of them may block the
 reactor thread (use C{deferToThreadPool} for blocking work) and none of them
 may raise: failures are returned as failed Deferreds.
+
+The relay checks every plugin against its interface when it loads
+(C{zope.interface.verify.verifyObject}): a plugin missing an attribute or
+method is refused at startup, by name.  Optional capabilities are separate
+interfaces (L{IUpstreamTLS}), so the check can be strict.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 from twisted.internet.interfaces import IConsumer
 
-__all__ = ["IPolicy", "IPolicyFactory", "IUpstreamSession", "IUpstreamType"]
+__all__ = ["IPolicy", "IPolicyFactory", "ISharedState", "IUpstreamSession", "IUpstreamTLS", "IUpstreamType"]
 
 
 class IUpstreamType(Interface):
     """
     A kind of upstream server, chosen by the scheme of the tenant's upstream
-    URL.  Register an instance in a C{twisted/plugins/} module.
+    URL.  Register it in a C{twisted/plugins/} module with
+    L{relay.plugin.UpstreamTypePlugin}.
     """
 
     name = Attribute(
@@ -34,7 +40,7 @@ class IUpstreamType(Interface):
         Check an upstream URL without touching the network.  Called by
         C{smtprelay-admin upstream add} and when the relay loads tenants.
 
-        @param url: a L{relay.core.urls.UpstreamURL} with one of L{schemes}.
+        @param url: a L{relay.plugin.UpstreamURL} with one of L{schemes}.
         @raise ValueError: with a one-line reason the operator can act on.
         """
 
@@ -42,11 +48,11 @@ class IUpstreamType(Interface):
         """
         Connect to the upstream and make it ready for a transaction.
 
-        @param url: a validated L{relay.core.urls.UpstreamURL}, password included.
-        @param context: a L{relay.seams.upstream.UpstreamContext} with the reactor,
-            the relay's host name and TLS settings.
+        @param url: a validated L{relay.plugin.UpstreamURL}, password included.
+        @param context: a L{relay.plugin.UpstreamContext} with the reactor,
+            the relay's host name, a thread pool and the reply timeout.
         @return: a Deferred that fires with an L{IUpstreamSession} ready for
-            C{mailFrom}, or fails with L{relay.seams.upstream.UpstreamError} when
+            C{mailFrom}, or fails with L{relay.plugin.UpstreamError} when
             the upstream cannot be used (the relay then tries the tenant's
             next upstream).
         """
@@ -55,34 +61,36 @@ class IUpstreamType(Interface):
 class IUpstreamSession(IConsumer):
     """
     One open connection (or its equivalent) to an upstream, carrying one
-    transaction at a time.  The relay calls, in order::
+    transaction at a time.  The relay calls, in order, and never two at
+    once::
 
         mailFrom, rcptTo (once or more), data,
-        write (any number of times), end  -- or abort() at any point
-        reset() before the next mailFrom, close() when done
+        write (any number of times), end     -- or abort() at any point
+        reset()  before every reuse: after end, after a refusal, always
+        close()  when it is no longer needed
 
-    The methods returning a reply fire with a L{relay.core.reply.Reply} for every
-    answer the upstream gives, positive or not; they fail with
-    L{relay.seams.upstream.UpstreamError} only when the conversation broke
+    So a session clears its transaction's state in C{reset} (and may keep
+    it until then): nothing of one message is seen by the next.  The relay
+    owns what it already knows about the session (its URL, its type, for
+    logs and metrics); the session says only whether it is still L{alive}.
+
+    The methods returning a reply fire with a L{relay.plugin.Reply} for
+    every answer the upstream gives, positive or not; they fail with
+    L{relay.plugin.UpstreamError} only when the conversation broke
     (connection lost, timeout, garbage), after which the relay calls
     L{abort}.
 
     As an L{IConsumer}, the session receives the message bytes through
     C{write}: the message exactly as RFC 5322 text with CRLF line ends, not
     dot-stuffed.  The relay registers a streaming producer (the client's
-    connection) before the first write; pause it while the upstream cannot
-    take more, so that memory stays bounded whatever the message size.
+    connection) before the first write and unregisters it after the last;
+    pause it while the upstream cannot take more, so that memory stays
+    bounded whatever the message size.
     """
 
-    upstreamType = Attribute("""C{str}: the L{IUpstreamType.name} it belongs to.""")
-    peer = Attribute("""C{str}: where it is connected, for logs (no secrets).""")
     alive = Attribute(
         """C{bool}: C{False} once the connection is known to be gone; the
         relay never reuses a session that is not alive."""
-    )
-    tls = Attribute(
-        """Optional: the TLS version of the connection (C{"TLSv1.3"}) or
-        C{None}; counted in C{smtprelay_tls_sessions_total}."""
     )
 
     def mailFrom(sender, parameters):
@@ -128,11 +136,12 @@ class IUpstreamSession(IConsumer):
 
     def reset():
         """
-        Forget the current transaction (SMTP C{RSET}) so the session can be
-        reused.
+        Forget the transaction, however it ended (SMTP sends C{RSET} when
+        the server still holds some of it), so the session can be reused.
 
         @return: a Deferred that fires with C{None} when ready for
-            C{mailFrom}, or fails if the session cannot be reused.
+            C{mailFrom}, or fails if the session cannot be reused (the relay
+            then aborts it).
         """
 
     def close():
@@ -144,18 +153,26 @@ class IUpstreamSession(IConsumer):
         """
 
 
+class IUpstreamTLS(Interface):
+    """
+    Optional, for sessions over TLS: what the relay counts in
+    C{smtprelay_tls_sessions_total{direction="upstream"}}.
+    """
+
+    tlsVersion = Attribute("""C{str | None}: the TLS version in use (C{"TLSv1.3"}), or C{None} in clear.""")
+
+
 class IPolicy(Interface):
     """
     A policy: checks that run at fixed points of every session.  Every hook
-    receives the L{relay.core.envelope.ClientInfo}; the transaction hooks also
-    receive the L{relay.core.envelope.Transaction}.  Each returns a
-    L{relay.core.verdict.Verdict}, or a Deferred firing with one.
+    receives the L{relay.plugin.ClientInfo}; the transaction hooks also
+    receive the L{relay.plugin.Transaction}.  Each returns a
+    L{relay.plugin.Verdict}, or a Deferred firing with one.
 
     Subclass L{relay.plugin.Policy} and override the hooks you need; the
-    others answer C{CONTINUE}.
+    others answer C{CONTINUE}.  The relay names the policy in metrics and
+    logs by the name it was registered under.
     """
-
-    name = Attribute("""C{str}: unique lower-case name, the metric label.""")
 
     def connect(client):
         """A client connected (its address is known, nothing said yet)."""
@@ -172,7 +189,7 @@ class IPolicy(Interface):
 
     def rcptTo(client, transaction, recipient):
         """
-        RCPT TO for the L{relay.core.address.Mailbox} C{recipient}; earlier
+        RCPT TO for the L{relay.plugin.Mailbox} C{recipient}; earlier
         accepted recipients are in C{transaction.recipients}.
         """
 
@@ -181,7 +198,7 @@ class IPolicy(Interface):
         The message's header block arrived (before anything of the message
         was sent upstream).
 
-        @param headers: a L{relay.core.headers.HeaderBlock}.
+        @param headers: a L{relay.plugin.HeaderBlock}.
         """
 
     def bodyChunk(client, transaction, chunk):
@@ -210,18 +227,41 @@ class IPolicy(Interface):
 
 class IPolicyFactory(Interface):
     """
-    Makes the L{IPolicy} a relay process uses.  Register an instance in a
-    C{twisted/plugins/} module; policies run in the order of their
-    C{priority}.
+    Makes the L{IPolicy} a relay process uses.  Register it in a
+    C{twisted/plugins/} module with L{relay.plugin.PolicyPlugin}; policies
+    run in the order of their C{priority}.
     """
 
-    name = Attribute("""C{str}: the policy's name.""")
+    name = Attribute("""C{str}: the policy's unique lower-case name: its metric label and its name in logs.""")
     description = Attribute("""C{str}: one line for C{--list-plugins}.""")
     priority = Attribute("""C{int}: lower runs first; built-ins use 100-900.""")
 
     def makePolicy(context):
         """
-        @param context: a L{relay.seams.policy.PolicyContext} with the reactor and
-            the relay's options.
+        @param context: a L{relay.plugin.PolicyContext} with the reactor,
+            the relay's options and its shared state.
         @return: an L{IPolicy}.
+        """
+
+
+class ISharedState(Interface):
+    """
+    The Redis server every relay process and instance shares
+    (C{--rate-limit-store}), for state that must not be per process.
+    """
+
+    client = Attribute("""A C{redis.Redis} client: blocking, so only ever used through L{call}.""")
+
+    def call(f, *args):
+        """
+        Run C{f(*args)} (blocking calls of L{client}) off the reactor thread.
+
+        @return: a Deferred firing with its result, or failing with its
+            error (C{redis.RedisError} when the server cannot be reached).
+        """
+
+    def script(source):
+        """
+        Register a Lua script; call the result with C{keys=} and C{args=}
+        inside L{call}.
         """

@@ -13,28 +13,27 @@ from typing import Any
 from zope.interface import implementer
 
 from relay.core.verdict import CONTINUE
-from relay.seams.interfaces import IPolicy
+from relay.seams.interfaces import IPolicy, ISharedState
+from relay.seams.reactor import IRelayReactor
 
 __all__ = ["Policy", "PolicyContext"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PolicyContext:
     """
-    What a policy factory gets to build its policy.
+    What the relay gives a policy: the one argument of its constructor.
 
-    @ivar reactor: the reactor (an C{IReactorTime} and C{IReactorTCP});
-        never import the global one.
-    @ivar options: the relay's parsed command-line options.
-    @ivar sharedState: the Redis server of C{--rate-limit-store} (a
-        L{relay.runtime.sharedstate.RedisConnection}: C{call(f, *args)} runs a
-        redis-py call off the reactor thread), or C{None}: keep state in
-        this process then.
+    @ivar reactor: the reactor (time, TCP, SSL, threads); never import the
+        global one.
+    @ivar options: the relay's parsed command-line options (read-only).
+    @ivar sharedState: the Redis server of C{--rate-limit-store}, or
+        C{None}: keep state in this process then.
     """
 
-    reactor: Any
+    reactor: IRelayReactor
     options: Mapping[str, Any]
-    sharedState: Any = None
+    sharedState: ISharedState | None = None
 
 
 @implementer(IPolicy)
@@ -42,9 +41,16 @@ class Policy:
     """
     A base class for policies: every hook answers L{CONTINUE}.  Override the
     hooks you need; see L{IPolicy} for when each is called.
+
+    One instance serves every connection of a relay process: keep
+    per-transaction state in C{transaction.notes} (keyed by your policy's
+    name), per-connection state keyed by C{client.sessionId}.
+
+    @ivar context: the L{PolicyContext} it was made with.
     """
 
-    name = "unnamed"
+    def __init__(self, context: PolicyContext):
+        self.context = context
 
     def connect(self, client):
         return CONTINUE

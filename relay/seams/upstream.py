@@ -7,9 +7,11 @@ authors import both from L{relay.plugin}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from twisted.python.threadpool import ThreadPool
 
 from relay.core.reply import Reply
+from relay.seams.reactor import IRelayReactor
 
 __all__ = ["UpstreamContext", "UpstreamError"]
 
@@ -22,7 +24,9 @@ class UpstreamError(Exception):
         C{"connect"} (unreachable or refused), C{"timeout"}, C{"lost"}
         (connection dropped), C{"protocol"} (garbage), C{"tls"}, C{"auth"},
         C{"refused"} (it answered, but will not take mail from us: greeting
-        or EHLO refused), C{"busy"} (connection cap reached).
+        or EHLO refused), C{"busy"} (connection cap reached),
+        C{"nonconforming"} (the type gave a session that does not provide
+        L{relay.plugin.IUpstreamSession}).
     @ivar reply: the upstream's reply when it gave one.
     """
 
@@ -32,7 +36,7 @@ class UpstreamError(Exception):
         self.reply = reply
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpstreamContext:
     """
     What an upstream type needs from the relay to open sessions.
@@ -44,7 +48,7 @@ class UpstreamContext:
         overrides); kept below the clients' own timeouts (RFC 5321 §4.5.3.2).
     """
 
-    reactor: Any
+    reactor: IRelayReactor
     hostname: str
-    threadPool: Any
+    threadPool: ThreadPool
     timeout: float = 60.0

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from relay.core.maybe import then
 from relay.core.reply import Reply
-from relay.runtime.sharedstate import RedisConnection
+from relay.seams.interfaces import ISharedState
 
 __all__ = ["AUTH_LOCKED", "ConnectionGuard", "MemoryAuthFailures", "RedisAuthFailures"]
 
@@ -90,7 +90,7 @@ class RedisAuthFailures:
 
     log = Logger()
 
-    def __init__(self, redis: RedisConnection, window: float, local: MemoryAuthFailures):
+    def __init__(self, redis: ISharedState, window: float, local: MemoryAuthFailures):
         self._redis = redis
         self._script = redis.script(_FAILURES)
         self._window = window

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from relay.core.envelope import ClientInfo, Transaction
 from relay.core.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
-from relay.seams.interfaces import IUpstreamSession
+from relay.upstreams.pool import Lease
 from relay.policy.chain import PolicyChain
 from relay.core.reply import Reply
 from relay.server.throttle import Throttle
@@ -88,7 +88,7 @@ class MessageStream:
         self,
         client: ClientInfo,
         transaction: Transaction,
-        upstream: IUpstreamSession,
+        upstream: Lease,
         policies: PolicyChain,
         trace: bytes,
         throttle: Throttle,

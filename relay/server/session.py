@@ -20,7 +20,6 @@ from twisted.mail.imap4 import IllegalClientResponse
 
 from relay.core.address import AddressError, parseParameters, parsePath
 from relay.core.envelope import ClientInfo, Transaction, newQueueId
-from relay.seams.interfaces import IUpstreamSession
 from relay.core.logtext import logText
 from relay.core.maybe import settle, then
 from relay.core.reply import Reply
@@ -32,7 +31,7 @@ from relay.server.received import traceHeader
 from relay.server.sasl import MECHANISMS, decodeResponse, encodeChallenge
 from relay.server.throttle import Throttle
 from relay.seams.upstream import UpstreamError
-from relay.upstreams.pool import Release
+from relay.upstreams.pool import Lease
 
 __all__ = ["RelaySession"]
 
@@ -120,7 +119,7 @@ class RelaySession:
         self._networkTenant = None  # the tenant of a --no-auth network the client is in
         self.transactions = 0
         self._transaction: Transaction | None = None
-        self._upstream: IUpstreamSession | None = None
+        self._upstream: Lease | None = None
         self._stream: MessageStream | None = None
 
     # -- connection ---------------------------------------------------------
@@ -168,9 +167,9 @@ class RelaySession:
         self._closed = True
         if self._stream is not None:
             self._report(self._transaction, CLIENT_GONE, aborted=True)
-            self._endTransaction(Release.BROKEN)
+            self._endTransaction(reusable=False)
         else:
-            self._endTransaction(Release.DIRTY)
+            self._endTransaction(reusable=True)
         self._ctx.policies.notify("disconnect", self.client)
 
     # -- commands -----------------------------------------------------------
@@ -198,7 +197,7 @@ class RelaySession:
         return Reply.of(250, None, self._ctx.hostname)
 
     def _hello(self, name: str, esmtp: bool) -> None:
-        self._endTransaction(Release.DIRTY)
+        self._endTransaction(reusable=True)
         self._greeted = True
         self.client.helo = name
         self.client.esmtp = esmtp
@@ -384,27 +383,27 @@ class RelaySession:
             )
             return self._finishTransaction(transaction, NO_UPSTREAM)
         if self._transaction is not transaction:  # the client left meanwhile
-            self._ctx.upstreams.release(upstream, Release.DIRTY)
+            self._ctx.upstreams.release(upstream, reusable=True)
             return reply
         self._upstream = upstream
         if not reply.positive:
-            return self._finishTransaction(transaction, reply, Release.DIRTY)
+            return self._finishTransaction(transaction, reply)
         return reply
 
-    def _finishTransaction(self, transaction: Transaction, reply: Reply, state: Release = Release.CLEAN) -> Reply:
+    def _finishTransaction(self, transaction: Transaction, reply: Reply, reusable: bool = True) -> Reply:
         """
         The transaction ends with this reply: report it, release the
         upstream.  Nothing to do if it already ended (the client left).
         """
         if self._transaction is transaction:
             self._report(transaction, reply)
-            self._endTransaction(state)
+            self._endTransaction(reusable)
         return reply
 
-    def _upstreamBroke(self, transaction: Transaction, upstream: IUpstreamSession, error: UpstreamError) -> Reply:
+    def _upstreamBroke(self, transaction: Transaction, upstream: Lease, error: UpstreamError) -> Reply:
         """The upstream failed mid-transaction: 451 4.4.2, the transaction ends."""
         self._ctx.reporter.upstreamError(upstream.upstreamType, error.kind)
-        return self._finishTransaction(transaction, UPSTREAM_LOST, Release.BROKEN)
+        return self._finishTransaction(transaction, UPSTREAM_LOST, reusable=False)
 
     def do_RCPT(self, arg: str) -> Reply | Deferred[Reply]:
         if self._transaction is None:
@@ -423,7 +422,7 @@ class RelaySession:
             return self._recipientRefused(TOO_MANY_RECIPIENTS)
         return Deferred.fromCoroutine(self._rcpt(self._transaction, self._upstream, recipient))
 
-    async def _rcpt(self, transaction: Transaction, upstream: IUpstreamSession, recipient) -> Reply:
+    async def _rcpt(self, transaction: Transaction, upstream: Lease, recipient) -> Reply:
         verdict = await settle(self._ctx.policies.check("rcptTo", self.client, transaction, recipient))
         if verdict.refuses:
             return self._recipientRefused(verdict.reply)
@@ -450,14 +449,14 @@ class RelaySession:
             return NO_RECIPIENTS
         return Deferred.fromCoroutine(self._data(self._transaction, self._upstream))
 
-    async def _data(self, transaction: Transaction, upstream: IUpstreamSession) -> Reply:
+    async def _data(self, transaction: Transaction, upstream: Lease) -> Reply:
         transaction.dataStarted = self._ctx.reactor.seconds()
         try:
             reply = await upstream.data()
         except UpstreamError as e:
             return self._upstreamBroke(transaction, upstream, e)
         if reply.code != 354:
-            return self._finishTransaction(transaction, reply, Release.DIRTY)
+            return self._finishTransaction(transaction, reply)
         if not self._closed:
             trace = traceHeader(self.client, transaction, self._ctx.hostname, self._ctx.reactor.seconds())
             self._stream = MessageStream(
@@ -494,7 +493,7 @@ class RelaySession:
             verdict = await settle(self._ctx.policies.check("endOfData", self.client, transaction))
             refusal = verdict.reply if verdict.refuses else None
         if refusal is not None:
-            return self._finishTransaction(transaction, finalReply([refusal], transaction.queueId), Release.BROKEN)
+            return self._finishTransaction(transaction, finalReply([refusal], transaction.queueId), reusable=False)
         stream.stop()
         try:
             replies = await upstream.end()
@@ -511,12 +510,12 @@ class RelaySession:
 
     def abortTransaction(self) -> None:
         """Drop the transaction (the client broke the protocol)."""
-        self._endTransaction(Release.BROKEN)
+        self._endTransaction(reusable=False)
 
     def do_RSET(self, arg: str) -> Reply:
         if arg:
             return NO_PARAMETERS
-        self._endTransaction(Release.DIRTY)
+        self._endTransaction(reusable=True)
         return OK
 
     def do_NOOP(self, arg: str) -> Reply:
@@ -534,13 +533,13 @@ class RelaySession:
     def do_HELP(self, arg: str) -> Reply:
         return HELP
 
-    def _endTransaction(self, state: Release) -> None:
+    def _endTransaction(self, reusable: bool) -> None:
         """Forget the current transaction and hand its upstream session back."""
         transaction, upstream, stream = self._transaction, self._upstream, self._stream
         self._transaction = self._upstream = self._stream = None
         if stream is not None:
             stream.stop()
         if upstream is not None:
-            self._ctx.upstreams.release(upstream, state)
+            self._ctx.upstreams.release(upstream, reusable)
         if transaction is not None:
             self._ctx.policies.notify("reset", self.client, transaction)

@@ -35,7 +35,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import UNIXClientEndpoint
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
 from relay.core.reply import Reply
 from relay.seams.upstream import UpstreamContext
 from relay.upstreams.smtp import connectSMTP, replyTimeout, tcpEndpoint, validateOptions, validateServerURL
@@ -45,7 +45,7 @@ from relay.core.urls import UpstreamURL
 __all__ = ["LMTPSession", "LMTPUpstreamType"]
 
 
-@implementer(IUpstreamSession)
+@implementer(IUpstreamSession, IUpstreamTLS)
 class LMTPSession(SMTPSession):
     """
     An LMTP connection: an SMTP session that counts the recipients the
@@ -74,7 +74,12 @@ class LMTPSession(SMTPSession):
         before all of them arrived.
         """
         replies = [self._protocol.expectReply() for _ in range(self._accepted)]
-        return gatherResults(replies, consumeErrors=True).addErrback(lambda failure: failure.value.subFailure)
+        d = gatherResults(replies, consumeErrors=True).addErrback(lambda failure: failure.value.subFailure)
+        return d.addCallback(self._allEnded)
+
+    def _allEnded(self, replies: list[Reply]) -> list[Reply]:
+        self._inTransaction = False
+        return replies
 
 
 @implementer(IUpstreamType)
@@ -102,5 +107,5 @@ class LMTPUpstreamType:
             endpoint, peer = tcpEndpoint(url, context)
         greet = b"LHLO " + context.hostname.encode("ascii")
         return Deferred.fromCoroutine(
-            connectSMTP(endpoint, peer, url, context, self.name, greet, LMTPSession, startTLS=not local)
+            connectSMTP(endpoint, peer, url, context, greet, LMTPSession, startTLS=not local)
         )

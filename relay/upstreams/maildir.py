@@ -56,13 +56,13 @@ def _commit(file, root: str, name: str) -> None:
 
 @implementer(IUpstreamSession)
 class MaildirSession:
-    upstreamType = "maildir"
+    """Messages written one at a time into the Maildir at C{root}."""
+
     alive = True
 
     def __init__(self, root: str, context: UpstreamContext):
         self._root = root
         self._context = context
-        self.peer = root
         self._file = None
         self._name = ""
         self._sender = ""

@@ -7,34 +7,126 @@ fails or a session that breaks before the upstream answered MAIL moves on to
 the next upstream.  Sessions are kept open between transactions, up to a cap
 per upstream and for an idle timeout, so a busy tenant pays the TCP, TLS and
 AUTH handshake once, not once per message.
+
+The pool keeps the lifecycle the plugin interface promises
+(L{relay.seams.interfaces.IUpstreamSession}): a session is checked against
+the interface when it is opened, and C{reset()} is called before every
+reuse, whatever the last transaction did.  What the relay knows about a
+session (its URL, its type) is kept here, in its L{Lease}.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections import defaultdict, deque
 from collections.abc import Mapping
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.core.reply import Reply
 from relay.core.tenant import Tenant, Upstream
-from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.core.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
+from relay.seams.registration import PluginError, conformance
+from relay.seams.upstream import UpstreamContext, UpstreamError
 
-__all__ = ["Release", "UpstreamPool"]
+__all__ = ["Lease", "UpstreamPool"]
 
 
-class Release(enum.Enum):
-    """The state a session is handed back in."""
+class Lease:
+    """
+    One upstream session as the relay holds it, and the one way the relay
+    talks to it: every call goes through here, so that a plugin that
+    raises, fails with something other than L{UpstreamError} or answers
+    something other than a reply breaks only its own transaction (a
+    C{protocol} error, logged with a traceback), never the client's session.
 
-    CLEAN = "clean"  # between transactions: reuse as is
-    DIRTY = "dirty"  # a transaction was started: RSET before reuse
-    BROKEN = "broken"  # aborted or failed: never reuse
+    @ivar session: the plugin's L{IUpstreamSession}.
+    @ivar url: the upstream's URL (password included: show it with
+        C{url.redacted()}).
+    @ivar upstreamType: the type's name, the C{upstream_type} metric label.
+    """
+
+    log = Logger()
+
+    def __init__(self, session: IUpstreamSession, url: UpstreamURL, upstreamType: str):
+        self.session = session
+        self.url = url
+        self.upstreamType = upstreamType
+        self._failed = False
+
+    @property
+    def peer(self) -> str:
+        """Where it leads, for logs: the URL without its password."""
+        return self.url.redacted()
+
+    @property
+    def alive(self) -> bool:
+        return not self._failed and bool(self._sync("alive", lambda: self.session.alive))
+
+    def mailFrom(self, sender: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
+        return self._call("mailFrom", self.session.mailFrom, sender, parameters).addCallback(self._reply, "mailFrom")
+
+    def rcptTo(self, recipient: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
+        return self._call("rcptTo", self.session.rcptTo, recipient, parameters).addCallback(self._reply, "rcptTo")
+
+    def data(self) -> Deferred[Reply]:
+        return self._call("data", self.session.data).addCallback(self._reply, "data")
+
+    def end(self) -> Deferred[list[Reply]]:
+        return self._call("end", self.session.end).addCallback(self._replies)
+
+    def reset(self) -> Deferred[None]:
+        return self._call("reset", self.session.reset)
+
+    def close(self) -> Deferred[None]:
+        return self._call("close", self.session.close).addErrback(lambda _: None)
+
+    def write(self, data: bytes) -> None:
+        self._sync("write", self.session.write, data)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._sync("registerProducer", self.session.registerProducer, producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._sync("unregisterProducer", self.session.unregisterProducer)
+
+    def abort(self) -> None:
+        self._sync("abort", self.session.abort)
+
+    def _sync(self, method: str, f, *args):
+        """A synchronous call; a plugin error marks the session broken (not alive)."""
+        try:
+            return f(*args)
+        except Exception:
+            self._failed = True
+            self.log.failure("upstream type {type} failed in {method}", type=self.upstreamType, method=method)
+            return None
+
+    def _call(self, method: str, f, *args) -> Deferred:
+        return maybeDeferred(f, *args).addErrback(self._contain, method)
+
+    def _contain(self, failure, method: str):
+        if failure.check(UpstreamError):
+            return failure
+        self._failed = True
+        self.log.failure("upstream type {type} failed in {method}", failure, type=self.upstreamType, method=method)
+        raise UpstreamError("protocol", f"upstream type {self.upstreamType} failed in {method}: {failure.getErrorMessage()}")
+
+    def _reply(self, reply: object, method: str) -> Reply:
+        if not isinstance(reply, Reply):
+            self._failed = True
+            raise UpstreamError("protocol", f"upstream type {self.upstreamType} answered {method} with {reply!r}, not a Reply")
+        return reply
+
+    def _replies(self, replies: object) -> list[Reply]:
+        if not isinstance(replies, (list, tuple)) or not replies or not all(isinstance(r, Reply) for r in replies):
+            self._failed = True
+            raise UpstreamError("protocol", f"upstream type {self.upstreamType} answered end with {replies!r}, not replies")
+        return list(replies)
 
 
 class UpstreamPool:
@@ -68,19 +160,17 @@ class UpstreamPool:
         self._idleTimeout = idleTimeout
         self._max = maxPerUpstream
         self._random = chance or random.Random()
-        self._idle: dict[UpstreamURL, list[tuple[IUpstreamSession, IDelayedCall]]] = defaultdict(list)
+        self._idle: dict[UpstreamURL, list[tuple[Lease, IDelayedCall]]] = defaultdict(list)
         self._open: dict[UpstreamURL, int] = defaultdict(int)
-        self._waiting: dict[UpstreamURL, deque[Deferred]] = defaultdict(deque)
-        self._keys: dict[IUpstreamSession, UpstreamURL] = {}
+        self._waiting: dict[UpstreamURL, deque[Deferred[tuple[Lease, bool]]]] = defaultdict(deque)
+        self._leases: set[Lease] = set()
 
-    def begin(
-        self, tenant: Tenant, sender: str, parameters: dict[str, str | None]
-    ) -> Deferred[tuple[IUpstreamSession, Reply]]:
+    def begin(self, tenant: Tenant, sender: str, parameters: dict[str, str | None]) -> Deferred[tuple[Lease, Reply]]:
         """
         Start a transaction with the first of the tenant's upstreams that
         answers MAIL FROM.
 
-        @return: a Deferred firing with the session and the upstream's reply
+        @return: a Deferred firing with the lease and the upstream's reply
             to MAIL (whatever it is), or failing with L{UpstreamError} when
             no upstream could be reached.
         """
@@ -89,13 +179,13 @@ class UpstreamPool:
     def _inOrder(self, upstreams: tuple[Upstream, ...]) -> list[Upstream]:
         return sorted(upstreams, key=lambda u: (u.priority, self._random.random()))
 
-    async def _begin(self, tenant: Tenant, sender: str, parameters) -> tuple[IUpstreamSession, Reply]:
+    async def _begin(self, tenant: Tenant, sender: str, parameters) -> tuple[Lease, Reply]:
         error = None
         for upstream in self._inOrder(tenant.upstreams):
             reused = True
             while reused:
                 try:
-                    session, reused = await self._acquire(upstream.url)
+                    lease, reused = await self._acquire(upstream.url)
                 except UpstreamError as e:
                     self.log.warn(
                         "upstream {url} of {tenant} unavailable: {error}",
@@ -106,87 +196,100 @@ class UpstreamPool:
                     error = e
                     break
                 try:
-                    return session, await session.mailFrom(sender, parameters)
+                    return lease, await lease.mailFrom(sender, parameters)
                 except UpstreamError as e:
                     # A reused session may have died while idle: try a fresh one.
-                    self._reporter.upstreamError(session.upstreamType, e.kind)
-                    self.release(session, Release.BROKEN)
+                    self._reporter.upstreamError(lease.upstreamType, e.kind)
+                    self.release(lease, reusable=False)
                     error = e
         raise error or UpstreamError("connect", f"tenant {tenant.name} has no upstream")
 
-    def _acquire(self, url: UpstreamURL) -> Deferred[tuple[IUpstreamSession, bool]]:
+    def _acquire(self, url: UpstreamURL) -> Deferred[tuple[Lease, bool]]:
         """A session to C{url}: idle if one is, new if under the cap, else wait."""
         idle = self._idle[url]
         while idle:
-            session, timer = idle.pop()
+            lease, timer = idle.pop()
             timer.cancel()
-            if session.alive:
-                return succeed((session, True))
-            self._forget(session)
+            if lease.alive:
+                return succeed((lease, True))
+            self._forget(lease)
         if self._open[url] < self._max:
             return self._connect(url)
-        waiter: Deferred[tuple[IUpstreamSession, bool]] = Deferred()
+        waiter: Deferred[tuple[Lease, bool]] = Deferred()
         self._waiting[url].append(waiter)
         return waiter.addTimeout(self._context.timeout, self._context.reactor, self._busy)
 
     def _busy(self, result, timeout):
         raise UpstreamError("busy", "too many connections to this upstream")
 
-    def _connect(self, url: UpstreamURL) -> Deferred[tuple[IUpstreamSession, bool]]:
+    def _connect(self, url: UpstreamURL) -> Deferred[tuple[Lease, bool]]:
         kind = self._types.get(url.scheme)
         if kind is None:
             return fail(UpstreamError("connect", f"no upstream type installed for {url.scheme}://"))
         self._open[url] += 1
         started = self._context.reactor.seconds()
 
-        def opened(session: IUpstreamSession) -> tuple[IUpstreamSession, bool]:
-            self._keys[session] = url
+        def opened(session: IUpstreamSession) -> tuple[Lease, bool]:
+            try:
+                conformance(IUpstreamSession, session)
+            except PluginError as e:
+                session.abort()
+                raise UpstreamError("nonconforming", f"upstream type {kind.name} gave a session it cannot use: {e}")
+            lease = Lease(session, url, kind.name)
+            self._leases.add(lease)
             elapsed = self._context.reactor.seconds() - started
-            self._reporter.upstreamOpened(kind.name, elapsed, getattr(session, "tls", None))
-            return session, False
+            tls = session.tlsVersion if IUpstreamTLS.providedBy(session) else None
+            self._reporter.upstreamOpened(kind.name, elapsed, tls)
+            return lease, False
 
         def failed(failure):
             self._closed(url)
-            self._reporter.upstreamError(kind.name, getattr(failure.value, "kind", "connect"))
+            if not failure.check(UpstreamError):
+                self.log.failure("upstream type {type} failed to open {url}", failure, type=kind.name, url=url.redacted())
+                failure = Failure(UpstreamError("protocol", f"upstream type {kind.name} failed: {failure.getErrorMessage()}"))
+            self._reporter.upstreamError(kind.name, failure.value.kind)
             return failure
 
-        return kind.open(url, self._context).addCallbacks(opened, failed)
+        return maybeDeferred(kind.open, url, self._context).addCallback(opened).addErrback(failed)
 
-    def release(self, session: IUpstreamSession, state: Release) -> None:
+    def release(self, lease: Lease, reusable: bool) -> None:
         """
-        Hand a session back after a transaction.  A DIRTY session is reset
-        first; a BROKEN one, or one that cannot be reset, is dropped.
+        Hand a session back after a transaction, however it ended.  A
+        reusable one is reset (always: the plugin contract) and kept for
+        the next transaction; one that is not, or whose reset fails, is
+        aborted.
         """
-        url = self._keys.get(session)
-        if url is None:
+        if lease not in self._leases:
             return
-        if state is Release.BROKEN or not session.alive:
-            session.abort()
-            self._forget(session)
-        elif state is Release.DIRTY:
-            session.reset().addCallbacks(lambda _: self._reuse(session), lambda _: self.release(session, Release.BROKEN))
-        else:
-            self._reuse(session)
+        if not reusable or not lease.alive:
+            lease.abort()
+            self._forget(lease)
+            return
+        lease.reset().addCallbacks(lambda _: self._reuse(lease), lambda _: self.release(lease, False))
 
-    def _reuse(self, session: IUpstreamSession) -> None:
-        url = self._keys[session]
-        waiting = self._waiting[url]
+    def _reuse(self, lease: Lease) -> None:
+        if lease not in self._leases:
+            return
+        if not lease.alive:
+            self.release(lease, False)
+            return
+        waiting = self._waiting[lease.url]
         while waiting:
             waiter = waiting.popleft()
             if not waiter.called:
-                waiter.callback((session, True))
+                waiter.callback((lease, True))
                 return
-        timer = self._context.reactor.callLater(self._idleTimeout, self._expire, session)
-        self._idle[url].append((session, timer))
+        timer = self._context.reactor.callLater(self._idleTimeout, self._expire, lease)
+        self._idle[lease.url].append((lease, timer))
 
-    def _expire(self, session: IUpstreamSession) -> None:
-        url = self._keys[session]
-        self._idle[url] = [(s, t) for s, t in self._idle[url] if s is not session]
-        self._forget(session)
-        session.close()
+    def _expire(self, lease: Lease) -> None:
+        self._idle[lease.url] = [(each, t) for each, t in self._idle[lease.url] if each is not lease]
+        self._forget(lease)
+        lease.close()
 
-    def _forget(self, session: IUpstreamSession) -> None:
-        self._closed(self._keys.pop(session))
+    def _forget(self, lease: Lease) -> None:
+        self._leases.discard(lease)
+        self._closed(lease.url)
 
     def _closed(self, url: UpstreamURL) -> None:
         """One session to C{url} fewer: a waiting transaction may open one."""
@@ -201,10 +304,10 @@ class UpstreamPool:
     def closeIdle(self) -> Deferred[None]:
         """Close every idle session (at shutdown)."""
         closing = []
-        for url, idle in self._idle.items():
-            for session, timer in idle:
+        for idle in self._idle.values():
+            for lease, timer in idle:
                 timer.cancel()
-                self._keys.pop(session, None)
-                closing.append(session.close())
+                self._leases.discard(lease)
+                closing.append(lease.close())
             idle.clear()
         return gatherResults(closing).addCallback(lambda _: None)

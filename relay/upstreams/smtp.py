@@ -155,7 +155,6 @@ async def connectSMTP(
     peer: str,
     url: UpstreamURL,
     context: UpstreamContext,
-    upstreamType: str,
     greet: bytes,
     session: type[SMTPSession] = SMTPSession,
     startTLS: bool = True,
@@ -200,7 +199,7 @@ async def connectSMTP(
         protocol.abort("setup failed")
         raise
     tls = protocol.transport.getHandle().get_protocol_version_name() if secure else None
-    return session(protocol, extensions, peer, upstreamType, tls)
+    return session(protocol, extensions, tls)
 
 
 @implementer(IUpstreamType)
@@ -218,4 +217,4 @@ class SMTPUpstreamType:
         if url.scheme == "smtps":
             endpoint = wrapClientTLS(clientTLSOptions(url), endpoint)
         greet = b"EHLO " + context.hostname.encode("ascii")
-        return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, self.name, greet))
+        return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, greet))

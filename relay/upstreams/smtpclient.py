@@ -20,7 +20,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession
+from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS
 from relay.core.reply import Reply
 from relay.core.twistedprivate import noDelay, writeNow
 from relay.seams.upstream import UpstreamError
@@ -161,30 +161,22 @@ class SMTPClientProtocol(Protocol):
             self._failAll(UpstreamError("lost", "upstream closed the connection"))
 
 
-@implementer(IUpstreamSession)
+@implementer(IUpstreamSession, IUpstreamTLS)
 class SMTPSession:
     """
     One SMTP (or LMTP) connection ready for transactions.
 
     @ivar extensions: the EHLO keywords the upstream offered, upper case,
         mapped to their parameters.
-    @ivar tls: the TLS version in use, or C{None}.
+    @ivar tlsVersion: the TLS version in use, or C{None}.
     """
 
-    def __init__(
-        self,
-        protocol: SMTPClientProtocol,
-        extensions: dict[str, str],
-        peer: str,
-        upstreamType: str,
-        tls: str | None = None,
-    ):
+    def __init__(self, protocol: SMTPClientProtocol, extensions: dict[str, str], tlsVersion: str | None = None):
         self._protocol = protocol
         self.extensions = extensions
-        self.peer = peer
-        self.upstreamType = upstreamType
-        self.tls = tls
+        self.tlsVersion = tlsVersion
         self._atLineStart = True
+        self._inTransaction = False  # the server holds a transaction: RSET before the next one
 
     @property
     def alive(self) -> bool:
@@ -200,6 +192,7 @@ class SMTPSession:
         return b"".join(passed)
 
     def mailFrom(self, sender: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
+        self._inTransaction = True
         return self._protocol.send(b"MAIL FROM:<" + sender.encode("ascii") + b">" + self._parameters(parameters))
 
     def rcptTo(self, recipient: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
@@ -235,15 +228,29 @@ class SMTPSession:
         Wait for the replies to the final dot: one for the whole message
         (LMTP overrides this: one per accepted recipient).
         """
-        return self._protocol.expectReply().addCallback(lambda reply: [reply])
+        return self._protocol.expectReply().addCallback(self._ended)
+
+    def _ended(self, reply: Reply) -> list[Reply]:
+        self._inTransaction = False  # answered: the server has forgotten the transaction (RFC 5321 §4.1.1.4)
+        return [reply]
 
     def abort(self) -> None:
         self._protocol.abort("transaction aborted")
 
     def reset(self) -> Deferred[None]:
+        """
+        C{RSET} when the server still holds part of a transaction (MAIL or
+        RCPT accepted, DATA refused, ...); after an answered final dot it
+        holds nothing, and no round trip is spent.
+        """
+        self._atLineStart = True
+        if not self._inTransaction:
+            return succeed(None)
+
         def checked(reply: Reply) -> None:
             if reply.code != 250:
                 raise UpstreamError("protocol", f"RSET refused: {reply.text}", reply)
+            self._inTransaction = False
 
         return self._protocol.send(b"RSET").addCallback(checked)
 

@@ -60,6 +60,7 @@ connection: a POST never races a server's keep-alive timeout.
 
 from __future__ import annotations
 
+import enum
 from base64 import b64encode
 from dataclasses import replace
 
@@ -80,7 +81,7 @@ from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.smtp import clientTLSOptions, replyTimeout, validateOptions
 from relay.core.urls import UpstreamURL
 
-__all__ = ["WebhookSession", "WebhookUpstreamType", "replyForStatus"]
+__all__ = ["PostState", "WebhookSession", "WebhookUpstreamType", "replyForStatus"]
 
 OPTIONS = frozenset({"timeout", "verify", "ca"})
 TEMPORARY_4XX = frozenset({401, 408, 429})  # our credentials, its timeout, its rate limit
@@ -117,16 +118,51 @@ def _error(failure: Failure) -> UpstreamError:
     return UpstreamError(kind, f"webhook request failed: {failure.getErrorMessage()}")
 
 
+class PostState(enum.Enum):
+    """Where one POST is; see L{_TRANSITIONS}."""
+
+    CONNECTING = "connecting"  # the request is sent; the body has no connection yet
+    CONNECTING_ENDED = "connecting, body complete"  # the whole message came before the connection
+    STREAMING = "streaming"  # the body flows as the relay writes
+    PAUSED = "paused"  # the connection cannot take more: the client is paused
+    ANSWERING = "waiting for the answer"  # the body is complete, the hook has not answered
+    STOPPED = "stopped"  # the connection is going away: writes are dropped, the request's outcome will tell why
+    DONE = "done"  # the hook answered, or the request failed or was cancelled
+
+
+# What may follow what; anything else is a bug and raises.  DONE is final:
+# events that come after it (a late pause, a late answer) change nothing.
+_TRANSITIONS: dict[PostState, frozenset[PostState]] = {
+    PostState.CONNECTING: frozenset({PostState.STREAMING, PostState.CONNECTING_ENDED, PostState.DONE}),
+    PostState.CONNECTING_ENDED: frozenset({PostState.ANSWERING, PostState.DONE}),
+    PostState.STREAMING: frozenset({PostState.PAUSED, PostState.ANSWERING, PostState.STOPPED, PostState.DONE}),
+    PostState.PAUSED: frozenset({PostState.STREAMING, PostState.ANSWERING, PostState.STOPPED, PostState.DONE}),
+    PostState.ANSWERING: frozenset({PostState.STOPPED, PostState.DONE}),
+    PostState.STOPPED: frozenset({PostState.DONE}),
+    PostState.DONE: frozenset(),
+}
+# The client is paused in these states, and the timer runs in these too.
+_HOLDING = frozenset({PostState.CONNECTING, PostState.PAUSED})
+_TIMED = frozenset(
+    {PostState.CONNECTING, PostState.CONNECTING_ENDED, PostState.PAUSED, PostState.ANSWERING, PostState.STOPPED}
+)
+
+
+class IllegalTransition(RuntimeError):
+    """A state machine was asked for a transition its table does not have: a bug."""
+
+
 @implementer(IBodyProducer)
 class _Post:
     """
     One message on its way to the hook: a chunked POST whose body producer
-    is fed by the relay's writes.
+    is fed by the relay's writes, as an explicit state machine
+    (L{PostState}, L{_TRANSITIONS}).
 
     While the hook is not connected yet, or its connection asks us to pause,
     the relay's producer (the client) is paused and a timer runs; writes made
     before the connection are kept until it is up (a bounded amount: the
-    client is paused).
+    client is paused).  The timer also runs while the answer is awaited.
 
     @ivar reply: the reply for the hook's answer, once it came.
     @ivar error: why the request failed, once it did.
@@ -137,14 +173,12 @@ class _Post:
     def __init__(self, agent: IAgent, uri: bytes, headers: Headers, clock: IReactorTime, timeout: float):
         self._clock = clock
         self._timeout = timeout
+        self.state = PostState.CONNECTING
         self._producer: IPushProducer | None = None
         self._holding = False
         self._consumer: IConsumer | None = None
         self._pending: list[bytes] = []
         self._body: Deferred[None] | None = None
-        self._paused = False
-        self._stopped = False
-        self._ended = False
         self._timer: IDelayedCall | None = None
         self._waiter: Deferred[list[Reply]] | None = None
         self.reply: Reply | None = None
@@ -153,9 +187,16 @@ class _Post:
         self._request.addCallbacks(self._answered, lambda failure: self._settle(_error(failure)))
         self._update()
 
+    def _enter(self, state: PostState) -> None:
+        if state is not self.state:
+            if state not in _TRANSITIONS[self.state]:
+                raise IllegalTransition(f"webhook POST: {self.state.value} -> {state.value}")
+            self.state = state
+        self._update()
+
     @property
     def done(self) -> bool:
-        return self.reply is not None or self.error is not None
+        return self.state is PostState.DONE
 
     # -- from the relay ---------------------------------------------------
 
@@ -170,11 +211,9 @@ class _Post:
         self._producer = None
 
     def write(self, data: bytes) -> None:
-        if self.done or self._stopped:
-            return
-        if self._consumer is None:
+        if self.state in (PostState.CONNECTING, PostState.CONNECTING_ENDED):
             self._pending.append(data)
-        else:
+        elif self.state in (PostState.STREAMING, PostState.PAUSED):
             self._consumer.write(data)
 
     def finish(self) -> Deferred[list[Reply]]:
@@ -184,10 +223,11 @@ class _Post:
         @return: a Deferred firing with the reply for the hook's answer, or
             failing with L{UpstreamError}.
         """
-        self._ended = True
-        if self._body is not None and not self._body.called:
+        if self.state is PostState.CONNECTING:
+            self._enter(PostState.CONNECTING_ENDED)
+        elif self.state in (PostState.STREAMING, PostState.PAUSED):
+            self._enter(PostState.ANSWERING)
             self._body.callback(None)
-        self._update()
         if self.done:
             return fail(self.error) if self.error is not None else succeed([self.reply])
         self._waiter = Deferred()
@@ -207,22 +247,25 @@ class _Post:
         if pending:
             consumer.write(pending)
         self._body = Deferred()
-        if self._ended:
+        if self.state is PostState.CONNECTING_ENDED:
+            self._enter(PostState.ANSWERING)
             self._body.callback(None)
-        self._update()
+        elif self.state is PostState.CONNECTING:
+            self._enter(PostState.STREAMING)
         return self._body
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._update()
+        if self.state is PostState.STREAMING:
+            self._enter(PostState.PAUSED)
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._update()
+        if self.state is PostState.PAUSED:
+            self._enter(PostState.STREAMING)
 
     def stopProducing(self) -> None:
-        """The connection is going away; the request's failure tells why."""
-        self._stopped = True
+        """The connection is going away; the request's outcome tells why."""
+        if self.state in (PostState.STREAMING, PostState.PAUSED, PostState.ANSWERING):
+            self._enter(PostState.STOPPED)
 
     # -- outcome ----------------------------------------------------------
 
@@ -238,7 +281,7 @@ class _Post:
             self.reply = outcome
         else:
             self.error = outcome
-        self._update()
+        self._enter(PostState.DONE)
         waiter, self._waiter = self._waiter, None
         if waiter is None:
             return
@@ -252,14 +295,14 @@ class _Post:
         Pause the relay while the hook cannot take more; run the timer while
         we wait for the hook (to connect, to take more, to answer).
         """
-        stalled = not self.done and (self._consumer is None or self._paused)
-        if self._producer is not None and stalled != self._holding:
-            self._holding = stalled
-            (self._producer.pauseProducing if stalled else self._producer.resumeProducing)()
-        waiting = stalled or (self._ended and not self.done)
-        if waiting and self._timer is None:
+        holding = self.state in _HOLDING
+        if self._producer is not None and holding != self._holding:
+            self._holding = holding
+            (self._producer.pauseProducing if holding else self._producer.resumeProducing)()
+        timed = self.state in _TIMED
+        if timed and self._timer is None:
             self._timer = self._clock.callLater(self._timeout, self._timedOut)
-        elif not waiting and self._timer is not None:
+        elif not timed and self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
@@ -275,8 +318,6 @@ class WebhookSession:
     until DATA; the connection comes from the type's pool.
     """
 
-    upstreamType = "webhook"
-
     def __init__(self, agent: IAgent, url: UpstreamURL, context: UpstreamContext):
         self._agent = agent
         self._uri = replace(url, username=None, password=None, options={}).unparse().encode("ascii")
@@ -285,7 +326,6 @@ class WebhookSession:
             self._authorization = b"Basic " + b64encode(f"{url.username}:{url.password or ''}".encode())
         self._clock = context.reactor
         self._timeout = replyTimeout(url, context)
-        self.peer = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self._closed = False
         self._post: _Post | None = None
         self._sender = ""

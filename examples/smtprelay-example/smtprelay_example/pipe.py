@@ -33,11 +33,11 @@ class _Delivery(ProcessProtocol):
 
 @implementer(IUpstreamSession)
 class PipeSession:
-    upstreamType = "pipe"
+    """One program run per message; the session itself holds no connection."""
+
     alive = True
 
     def __init__(self, program: str, arg: str | None, reactor):
-        self.peer = program
         self._argv = [program] + ([arg] if arg else [])
         self._reactor = reactor
         self._sender = ""
@@ -46,7 +46,7 @@ class PipeSession:
         self._delivery: _Delivery | None = None
 
     def mailFrom(self, sender, parameters):
-        self._sender, self._recipients = sender, []
+        self._sender = sender
         return succeed(Reply.of(250, "2.1.0", "Ok"))
 
     def rcptTo(self, recipient, parameters):
@@ -89,6 +89,9 @@ class PipeSession:
             self._process.signalProcess("KILL")
 
     def reset(self):
+        """Called before every reuse: forget the last message's envelope and process."""
+        self._sender, self._recipients = "", []
+        self._process = self._delivery = None
         return succeed(None)
 
     def close(self):

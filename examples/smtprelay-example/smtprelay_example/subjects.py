@@ -17,9 +17,8 @@ class SubjectFilterPolicy(Policy):
     relay's per-hook timeout (C{--policy-timeout}) bounds how long it may take.
     """
 
-    name = "subject-filter"
-
     def __init__(self, context):
+        super().__init__(context)
         self._reactor = context.reactor  # injected; never import the global reactor
 
     def headers(self, client, transaction, headers):
