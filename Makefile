@@ -7,14 +7,14 @@ DATABASE := sqlite:///$(VAR)/smtprelay.db
 ADMIN := $(BIN)/smtprelay-admin --database $(DATABASE) --secret-key-file $(VAR)/secret.key
 LISTEN := 127.0.0.1:2525
 
-.PHONY: install run test clean bench
+.PHONY: install run test lint clean bench
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -e '.[test,lint]' --config-settings editable_mode=compat
 	touch $@
 
 # A self-signed certificate for STARTTLS on the demo relay.
@@ -51,6 +51,12 @@ run: install $(VAR)/tls.crt $(VAR)/demo.ready
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# ruff (style, imports, common bugs) and mypy with mypy-zope (the interfaces at the seams).
+lint: install
+	$(BIN)/ruff check relay twisted tests bench examples
+	$(BIN)/ruff format --check relay twisted tests bench examples
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(VAR) build *.egg-info

@@ -128,7 +128,9 @@ class LoadPy(Client):
             return Outcome(launched, time.monotonic(), error=f"load.py: {done.stderr.strip()[-300:]}")
         outcome = Outcome(s["started"], s["finished"], s["sent"], s["errors"], s["p50"], s["p99"])
         if s["errors"] or s["sent"] != load.messages:
-            outcome.error = f"{s['errors']} errors, {s['sent']}/{load.messages} sent: " + "; ".join(s["firstErrors"][:2])
+            outcome.error = f"{s['errors']} errors, {s['sent']}/{load.messages} sent: " + "; ".join(
+                s["firstErrors"][:2]
+            )
         return outcome
 
 

@@ -110,7 +110,11 @@ def runOnce(variant: Variant, load: Load, repetition: int, timeout: float) -> Ru
     usage = Usage(system.roots())
     usage.start()
     outcome = client.run(
-        system.port, load, timeout, account=getattr(system, "account", None), ca=getattr(getattr(system, "ca", None), "cert", None)
+        system.port,
+        load,
+        timeout,
+        account=getattr(system, "account", None),
+        ca=getattr(getattr(system, "ca", None), "cert", None),
     )
     # A relay that answers before delivering (Postfix) still has work to do.
     arrived = sink.waitFor(mark, load.messages, timeout if outcome.error is None else 5.0)
@@ -219,7 +223,9 @@ class Report:
 
 def parseArguments(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See docs/benchmarks.md.")
-    p.add_argument("--quick", action="store_true", help="smaller loads, one run, no Haraka NODELAY, no load.py against peers")
+    p.add_argument(
+        "--quick", action="store_true", help="smaller loads, one run, no Haraka NODELAY, no load.py against peers"
+    )
     p.add_argument("--runs", type=int, help="repetitions (default 3, 1 with --quick)")
     p.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--clients", help=f"comma-separated subset of {','.join(CLIENTS)}")
@@ -240,8 +246,12 @@ def main(argv=None) -> int:
         loads = [loads[int(i)] for i in options.loads.split(",")]
     if options.scale != 1.0:
         loads = [Load(max(1, round(x.messages * options.scale)), x.size, x.sessions) for x in loads]
-    wantSystems = set(options.systems.split(",")) if options.systems else set(SYSTEMS) - (QUICK_SKIP if options.quick else set())
-    wantClients = set(options.clients.split(",")) if options.clients else (QUICK_CLIENTS if options.quick else set(CLIENTS))
+    wantSystems = (
+        set(options.systems.split(",")) if options.systems else set(SYSTEMS) - (QUICK_SKIP if options.quick else set())
+    )
+    wantClients = (
+        set(options.clients.split(",")) if options.clients else (QUICK_CLIENTS if options.quick else set(CLIENTS))
+    )
     plan = [(s, c) for s, c in VARIANTS if s in wantSystems and c in wantClients]
     if not plan:
         print("nothing to run", file=sys.stderr)
@@ -314,10 +324,16 @@ def main(argv=None) -> int:
     stem = options.results / started.strftime("%Y%m%d-%H%M%S")
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(
-        json.dumps({"versions": versions, "loads": [asdict(x) for x in loads], "runs": [asdict(r) for r in runs]}, indent=1)
+        json.dumps(
+            {"versions": versions, "loads": [asdict(x) for x in loads], "runs": [asdict(r) for r in runs]}, indent=1
+        )
     )
     log(f"written to {stem}.md (raw runs: {stem}.json)")
-    return 0 if all(r.ok for r in runs) and not any(v.unavailable and v.unavailable.startswith("FAILED") for v in variants) else 1
+    return (
+        0
+        if all(r.ok for r in runs) and not any(v.unavailable and v.unavailable.startswith("FAILED") for v in variants)
+        else 1
+    )
 
 
 def render(report: Report, options, runs_: int, versions: dict, started: datetime.datetime) -> str:

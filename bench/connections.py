@@ -61,7 +61,13 @@ async def idleSession(port: int, held: list, errors: Counter) -> None:
 
 
 async def busySession(
-    port: int, credentials: bytes, messages: int, ready: asyncio.Queue, go: asyncio.Event, done: Counter, errors: Counter
+    port: int,
+    credentials: bytes,
+    messages: int,
+    ready: asyncio.Queue,
+    go: asyncio.Event,
+    done: Counter,
+    errors: Counter,
 ) -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -44,7 +44,14 @@ def _root(command: list[str]) -> list[str]:
 
 
 def ensureApt() -> None:
-    needed = {"smtp-source": "postfix", "smtp-sink": "postfix", "postfix": "postfix", "ss": "iproute2", "npm": "npm", "node": "nodejs"}
+    needed = {
+        "smtp-source": "postfix",
+        "smtp-sink": "postfix",
+        "postfix": "postfix",
+        "ss": "iproute2",
+        "npm": "npm",
+        "node": "nodejs",
+    }
     packages = sorted({package for tool, package in needed.items() if not _which(tool)})
     if not packages:
         return
@@ -59,7 +66,9 @@ def ensureApt() -> None:
 
 
 def _which(tool: str) -> str | None:
-    return shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}", f"/usr/bin/{tool}") if os.access(p, os.X_OK)), None)
+    return shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/usr/bin/{tool}") if os.access(p, os.X_OK)), None
+    )
 
 
 def ensureVenv() -> None:
@@ -108,7 +117,13 @@ def versions() -> dict[str, str]:
         haraka = json.loads((HARAKA_DIR / "node_modules" / "Haraka" / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError):
         pass
-    pip = _output([str(VENV / "bin" / "python"), "-c", "import aiosmtpd, aiosmtplib; print(aiosmtpd.__version__, aiosmtplib.__version__)"]).split()
+    pip = _output(
+        [
+            str(VENV / "bin" / "python"),
+            "-c",
+            "import aiosmtpd, aiosmtplib; print(aiosmtpd.__version__, aiosmtplib.__version__)",
+        ]
+    ).split()
     twisted = _output([sys.executable, "-c", "import twisted; print(twisted.__version__)"])
     return {
         "postfix": _output(["postconf", "-dh", "mail_version"]),

@@ -156,12 +156,12 @@ class Session:
         try:
             self.writer.write(b"QUIT\r\n")
             await asyncio.wait_for(self.reply("QUIT", 221), 5)
-        except (OSError, SMTPError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, SMTPError, ssl.SSLError):
             pass
         self.writer.close()
         try:
             await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ssl.SSLError):
             pass
         self.writer = None
 
@@ -204,7 +204,7 @@ async def _worker(options: argparse.Namespace, result: LoadResult, remaining: li
                     e.counted = True
                     raise
                 await session.command("RSET", 250)
-        except (OSError, SMTPError, asyncio.TimeoutError, ssl.SSLError) as e:
+        except (TimeoutError, OSError, SMTPError, ssl.SSLError) as e:
             # The connection (or its set-up) failed: start a new one, a few times.
             if not getattr(e, "counted", False):
                 _error(result, e)

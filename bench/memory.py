@@ -101,9 +101,13 @@ def main() -> int:
             growth = (status(pid, "VmHWM") - baseline) / 1024
         finally:
             relay.stop()
-        print(f"relayed {args.megabytes} MB in {elapsed:.1f} s ({args.megabytes / elapsed:.1f} MB/s); "
-              f"upstream received {sink.received / 1e6:.1f} MB; reply {reply.decode().strip()}")
-        print(f"relay RSS before: {baseline / 1024:.1f} MB; peak RSS growth: {growth:.1f} MB (limit {args.limit_mb} MB)")
+        print(
+            f"relayed {args.megabytes} MB in {elapsed:.1f} s ({args.megabytes / elapsed:.1f} MB/s); "
+            f"upstream received {sink.received / 1e6:.1f} MB; reply {reply.decode().strip()}"
+        )
+        print(
+            f"relay RSS before: {baseline / 1024:.1f} MB; peak RSS growth: {growth:.1f} MB (limit {args.limit_mb} MB)"
+        )
         return 0 if growth < args.limit_mb else 1
 
 

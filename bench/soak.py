@@ -137,7 +137,9 @@ def main() -> int:
             relay.stop()
         lost = results.accepted - completed
         duplicated = completed - results.accepted
-        print(f"clients {args.clients}, {args.seconds:.0f} s, faults: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+        print(
+            f"clients {args.clients}, {args.seconds:.0f} s, faults: " + ", ".join(f"{k} {v}" for k, v in faults.items())
+        )
         print(f"sent {results.sent}, 250 {results.replies[250]}, upstream completed {len(completed)}, "
               f"lost {len(lost)}, duplicated {len(duplicated)}")  # fmt: skip
         print("replies: " + ", ".join(f"{code}: {n}" for code, n in sorted(results.replies.items())))

@@ -263,7 +263,9 @@ class SmtpRelay(System):
 
     key = "smtprelay"
     label = "smtprelay"
-    description = "ours: twistd -n smtprelay, SQLite store, one tenant whose upstream is the sink; no-auth network 127.0.0.1/32"
+    description = (
+        "ours: twistd -n smtprelay, SQLite store, one tenant whose upstream is the sink; no-auth network 127.0.0.1/32"
+    )
     noAuthNetwork = True
 
     def _start(self) -> None:
@@ -331,4 +333,3 @@ class SmtpRelayAuth(SmtpRelay):
 SYSTEMS: dict[str, type[System]] = {
     cls.key: cls for cls in (Direct, Postfix, Aiosmtpd, Haraka, HarakaNoDelay, SmtpRelay, SmtpRelayAuth)
 }
-

@@ -9,32 +9,32 @@ C{twisted.internet.testing.MemoryReactorClock} and C{StringTransport}.
 from __future__ import annotations
 
 import ipaddress
+from base64 import b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from base64 import b64encode
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from relay.seams.interfaces import IPolicy, IUpstreamSession, IUpstreamType
-from relay.telemetry.metrics import Metrics
-from relay.policy.chain import NamedPolicy, PolicyChain
 from relay.core.reply import Reply
-from relay.telemetry.report import AddressRedactor, Reporter
+from relay.core.tenant import Login, Snapshot, Tenant, Upstream
+from relay.core.urls import UpstreamURL
+from relay.policy.chain import NamedPolicy, PolicyChain
+from relay.seams.interfaces import IPolicy, IUpstreamSession, IUpstreamType
+from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.server.context import ServerContext
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures
 from relay.server.protocol import SMTPServerFactory
-from relay.core.tenant import Login, Snapshot, Tenant, Upstream
-from relay.seams.upstream import UpstreamContext, UpstreamError
+from relay.telemetry.metrics import Metrics
+from relay.telemetry.report import AddressRedactor, Reporter
 from relay.upstreams.pool import UpstreamPool
-from relay.core.urls import UpstreamURL
 
 __all__ = [
     "FakeChecker",
@@ -248,7 +248,8 @@ def fakeServerContext(
     """
     kind = upstreamType or FakeUpstreamType()
     reporter = Reporter(Metrics(processMetrics=False), AddressRedactor("full"))
-    context = UpstreamContext(reactor=reactor, hostname="relay.test", threadPool=None, timeout=30.0)
+    # A pool never started: the fake type needs none (pass InlineThreads for types that do).
+    context = UpstreamContext(reactor=reactor, hostname="relay.test", threadPool=ThreadPool(0, 1), timeout=30.0)
     fields = dict(
         reactor=reactor,
         hostname="relay.test",
@@ -257,7 +258,7 @@ def fakeServerContext(
         policies=PolicyChain(
             [NamedPolicy(name, policy) for name, policy in _named(policies)],
             reactor,
-            onRefusal=lambda name, client, verdict: reporter.refused(name, client, verdict.reply),
+            onRefusal=lambda name, client, verdict: reporter.refused(name, client, verdict.refusal),
         ),
         upstreams=UpstreamPool({"fake": kind}, context, reporter),
         reporter=reporter,

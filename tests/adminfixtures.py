@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from relay.admin import cli as admin
+from relay.core.tenant import Snapshot
 from relay.store.database import openEngine
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
-from relay.core.tenant import Snapshot
 
 __all__ = ["Result", "acme", "keyFile", "run", "snapshot"]
 

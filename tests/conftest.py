@@ -10,13 +10,13 @@ import itertools
 import pytest
 from hypothesis import settings
 
-settings.register_profile("default", max_examples=40)
-settings.register_profile("long", max_examples=1000)
-settings.load_profile("default")
-
 from tests.support.certs import makeCA
 from tests.support.relay import RelayProcess
 from tests.support.upstream import UpstreamServer
+
+settings.register_profile("default", max_examples=40)
+settings.register_profile("long", max_examples=1000)
+settings.load_profile("default")
 
 _names = itertools.count(1)
 

@@ -25,10 +25,10 @@ import pytest
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import OperationalError
 
+from relay.core.urls import UpstreamURL
 from relay.store.database import openEngine, upgrade
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
-from relay.core.urls import UpstreamURL
 
 __all__ = [
     "POSTGRESQL",

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from datetime import date
 
-
+from relay.store.values import UsageDelta
 from relay.telemetry.accounting import UsageRecorder
 from relay.testing import InlineThreads
-from relay.store.values import UsageDelta
 
 DAY = date(2026, 11, 28)
 

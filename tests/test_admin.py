@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from relay.admin import cli as admin
-from relay.seams.discovery import Discovery, LoadedType
 from relay.auth.passwords import verifyPassword
+from relay.seams.discovery import Discovery, LoadedType
 from tests.adminfixtures import Result, acme, keyFile, run, snapshot  # noqa: F401
 from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
 
@@ -121,10 +121,14 @@ def test_tenantAdd(acme):
     [
         (["Acme!", "--email", "ops@acme.example", "--company", "Acme"], "invalid tenant name 'Acme!'"),
         (["globex", "--email", "nobody", "--company", "Globex"], "invalid e-mail address 'nobody'"),
-        (["globex", "--email", "ops@globex.example", "--company", "Globex", "--org-id", "00D000000000062EAB"],
-         "invalid org id '00D000000000062EAB': the checksum suffix should be 'EAA'"),
-        (["globex", "--email", "ops@globex.example", "--company", "Globex", "--org-id", "001000000000062"],
-         "invalid org id '001000000000062'"),
+        (
+            ["globex", "--email", "ops@globex.example", "--company", "Globex", "--org-id", "00D000000000062EAB"],
+            "invalid org id '00D000000000062EAB': the checksum suffix should be 'EAA'",
+        ),
+        (
+            ["globex", "--email", "ops@globex.example", "--company", "Globex", "--org-id", "001000000000062"],
+            "invalid org id '001000000000062'",
+        ),
         (["acme", "--email", "ops@acme.example", "--company", "Acme"], "tenant 'acme' already exists"),
     ],
 )
@@ -244,7 +248,9 @@ def test_upstreamAdd(acme, databaseURL, keyFile):
 
 def test_upstreamPasswordFromStdin(acme, databaseURL, keyFile):
     """With --password-stdin the URL's password is read from standard input, so it is never in `ps`."""
-    result = acme("upstream", "add", "acme", "smtp+starttls://relay@mail.acme.example:587", "--password-stdin", stdin="s3cret\n")
+    result = acme(
+        "upstream", "add", "acme", "smtp+starttls://relay@mail.acme.example:587", "--password-stdin", stdin="s3cret\n"
+    )
     assert (result.status, result.err) == (0, "")
     assert result.out == f"upstream #1 {REDACTED} added to tenant 'acme' (priority 10)\n"
     [upstream] = snapshot(databaseURL, keyFile).tenants["acme"].upstreams

@@ -47,8 +47,17 @@ def test_tenantSet(acme, databaseURL, keyFile):
         "allow bounces yes\n"
     )
     tenant = snapshot(databaseURL, keyFile).tenants["acme"]
-    assert (tenant.maxSize, tenant.maxRecipients, tenant.maxConcurrency, tenant.allowBounces) == (10485760, 100, 5, True)
-    assert (tenant.rate, tenant.rateRecipients, tenant.orgId) == (Rate(100, 60), Rate(10000, 86400), "00D000000000062EAA")
+    assert (tenant.maxSize, tenant.maxRecipients, tenant.maxConcurrency, tenant.allowBounces) == (
+        10485760,
+        100,
+        5,
+        True,
+    )
+    assert (tenant.rate, tenant.rateRecipients, tenant.orgId) == (
+        Rate(100, 60),
+        Rate(10000, 86400),
+        "00D000000000062EAA",
+    )
     out = acme("tenant", "show", "acme").out
     assert "rate:            100/1m\n" in out and "max concurrency: 5\n" in out and "allow bounces:   yes\n" in out
 
@@ -92,7 +101,9 @@ def test_tenantSetRefused(acme, args, message):
 @pytest.mark.parametrize("command", ["set", "suspend", "resume"])
 def test_tenantUnknown(acme, command):
     """Changing an unknown tenant gives status 2 naming it."""
-    refused(acme("tenant", command, "nope", *(["--max-size", "5"] if command == "set" else [])), "unknown tenant 'nope'")
+    refused(
+        acme("tenant", command, "nope", *(["--max-size", "5"] if command == "set" else [])), "unknown tenant 'nope'"
+    )
 
 
 def test_suspendResume(acme, databaseURL, keyFile):
@@ -196,7 +207,9 @@ def test_blocklistRefused(acme, command, args, message):
 def test_domainRemove(acme, databaseURL, keyFile):
     """domain remove takes a sender domain away; a second time it is not found."""
     acme("domain", "add", "acme", "*.acme.example")
-    assert acme("domain", "remove", "acme", "*.ACME.example").out == "domain '*.acme.example' removed from tenant 'acme'\n"
+    assert (
+        acme("domain", "remove", "acme", "*.ACME.example").out == "domain '*.acme.example' removed from tenant 'acme'\n"
+    )
     assert snapshot(databaseURL, keyFile).tenants["acme"].domains == frozenset()
     refused(acme("domain", "remove", "acme", "*.acme.example"), "tenant 'acme' has no sender domain '*.acme.example'")
 

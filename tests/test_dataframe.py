@@ -32,16 +32,7 @@ def everySplit(stream: bytes):
     yield [stream[i : i + 1] for i in range(len(stream))]
 
 
-MESSAGE = (
-    b"Subject: dots\r\n\r\n"
-    b"..leading dot\r\n"
-    b"...two\r\n"
-    b".\tx\r\n"
-    b"mid.dle\r\n"
-    b"\r\n"
-    b".\r\n"
-    b"QUIT\r\n"
-)
+MESSAGE = b"Subject: dots\r\n\r\n..leading dot\r\n...two\r\n.\tx\r\nmid.dle\r\n\r\n.\r\nQUIT\r\n"
 EXPECTED = b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n\tx\r\nmid.dle\r\n\r\n"
 
 
@@ -172,7 +163,7 @@ def test_matches_the_line_by_line_reference(body, cuts, maxSize):
     """Random streams cut at random: the fast path refuses, forwards and leaves exactly what the reference does."""
     stream = body + b"\r\n.\r\nRSET\r\n"
     points = sorted({c % (len(stream) + 1) for c in cuts})
-    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     expected, expectedRest = reference(stream, maxSize)
     content, rest, error = scan(chunks, maxSize)
     assert rest == expectedRest

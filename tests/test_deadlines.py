@@ -11,8 +11,8 @@ import struct
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from relay.server.protocol import SMTPServerFactory
 from relay.runtime.proxy import _HeaderFirstFactory
+from relay.server.protocol import SMTPServerFactory
 from relay.testing import MemoryClient, fakeServerContext
 
 

@@ -10,6 +10,7 @@ byte for byte, and the relay logs no unhandled error.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 
@@ -84,7 +85,7 @@ step = st.one_of(
 
 def fragments(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 class Session:

@@ -132,7 +132,9 @@ def test_usage_matches_what_was_sent(ca, upstreamCert, tmp_path, capsys):
             assert client.mail("a@evil.example")[0] == 550
         up.waitForMessages(3)
         assert relay.stop() == 0
-    assert main(["--database", relay.database, "--secret-key-file", str(relay.keyFile), "usage", "billed", "--json"]) == 0
+    assert (
+        main(["--database", relay.database, "--secret-key-file", str(relay.keyFile), "usage", "billed", "--json"]) == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1
     assert {k: rows[0][k] for k in ("relayed", "recipients", "rejected", "failed")} == {

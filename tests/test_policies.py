@@ -12,14 +12,14 @@ from dataclasses import replace
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from relay.seams.policy import PolicyContext
+from relay.core.tenant import Network, Rate
 from relay.policy.clientnetworks import ClientNetworkPolicy
 from relay.policy.ratelimit import RateLimitPolicy
 from relay.policy.recipients import RecipientPolicy
 from relay.policy.salesforce import SalesforceOrgPolicy
 from relay.policy.senders import SenderDomainPolicy
 from relay.policy.urlblocklist import URLBlocklistPolicy
-from relay.core.tenant import Network, Rate
+from relay.seams.policy import PolicyContext
 from relay.testing import ACME, FakeUpstreamType, MemoryClient, fakeServerContext
 
 NAMES = {
@@ -204,7 +204,9 @@ def test_message_rate():
     c.login()
     for _ in range(2):
         assert c.relay("a@example.com", ["b@example.net"], MESSAGE)[-1].startswith("250 ")
-    assert c.send(b"MAIL FROM:<a@example.com>\r\n") == ["450 4.7.1 Rate limit exceeded for this tenant, try again later"]
+    assert c.send(b"MAIL FROM:<a@example.com>\r\n") == [
+        "450 4.7.1 Rate limit exceeded for this tenant, try again later"
+    ]
     c.reactor.advance(60)
     assert c.relay("a@example.com", ["b@example.net"], MESSAGE)[-1].startswith("250 ")
 
@@ -291,7 +293,10 @@ def test_too_many_errors():
     """After 20 refused or unknown commands the session is closed with 421."""
     c = MemoryClient()
     lines = c.send(b"EHLO c\r\n" + b"BOGUS\r\n" * 25)
-    assert lines[-2:] == ["500 5.5.2 Error: command not recognized", "421 4.7.0 Error: too many errors, closing connection"]
+    assert lines[-2:] == [
+        "500 5.5.2 Error: command not recognized",
+        "421 4.7.0 Error: too many errors, closing connection",
+    ]
     assert c.transport.disconnecting
 
 

@@ -8,9 +8,9 @@ one Redis budget.
 from __future__ import annotations
 
 import secrets
-from base64 import b64encode
 import smtplib
 import time
+from base64 import b64encode
 
 import pytest
 
@@ -235,7 +235,7 @@ def test_redis_budget_shared_by_two_relays(ca, upstreamCert, tmp_path):
                 relay.waitForGeneration(relay.store.generation())
             replies = []
             for _ in range(4):
-                for relay, account in zip(relays, accounts):
+                for relay, account in zip(relays, accounts, strict=True):
                     with relay.connect(account) as client:
                         replies.append(client.mail("a@example.com")[0])
             assert sorted(replies) == [250] * 5 + [450] * 3
@@ -251,7 +251,10 @@ def test_concurrency_cap(relay, upstream, tenant):
     configure(relay, tenant, maxConcurrency=1)
     with session(relay, tenant) as first, session(relay, tenant) as second:
         assert first.mail("a@example.com")[0] == 250
-        assert second.mail("a@example.com") == (450, b"4.7.1 Too many messages in flight for this tenant, try again later")
+        assert second.mail("a@example.com") == (
+            450,
+            b"4.7.1 Too many messages in flight for this tenant, try again later",
+        )
         first.rset()
         assert second.mail("a@example.com")[0] == 250
 

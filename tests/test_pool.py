@@ -9,13 +9,13 @@ import random
 
 from twisted.internet.testing import MemoryReactorClock
 
+from relay.core.tenant import Tenant, Upstream
+from relay.core.urls import UpstreamURL
+from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.telemetry.metrics import Metrics
 from relay.telemetry.report import AddressRedactor, Reporter
-from relay.core.tenant import Tenant, Upstream
 from relay.testing import FakeUpstreamType
-from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.pool import UpstreamPool
-from relay.core.urls import UpstreamURL
 
 
 def pool(kind: FakeUpstreamType, **settings) -> tuple[UpstreamPool, MemoryReactorClock]:
@@ -98,7 +98,7 @@ def test_failed_reset_not_reused():
 
 
 def test_nonconforming_session_refused():
-    """A session that does not provide IUpstreamSession is refused at open, before any message: the next upstream is used."""
+    """A session not providing IUpstreamSession is refused at open, before any message: the next upstream is used."""
 
     class Careless(FakeUpstreamType):
         def open(self, url, context):

@@ -18,12 +18,10 @@ from relay.store.errors import Invalid
 from relay.store.models import Base
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing, rotate
-from relay.store.values import SecretRotation
-from relay.store.values import UsageDelta
+from relay.store.values import SecretRotation, UsageDelta
 from tests.adminfixtures import acme as admin  # noqa: F401
 from tests.adminfixtures import keyFile, run, snapshot  # noqa: F401
-from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401
-from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
+from tests.storefixtures import acceptAll, acme, databaseURL, engine, freshEngine, keyRing, postgresqlDatabase, store  # noqa: F401  # noqa: F401
 
 SECRET = "s3cret-upstream-pw"
 UPSTREAM = f"smtp+starttls://relay:{SECRET}@mail.acme.example:587"
@@ -209,7 +207,8 @@ def rowsAbout(engine, tenantId: int, name: str) -> dict[str, int]:
             found[table.name] = sum(
                 1
                 for row in rows
-                if (idColumn is not None and row[idColumn.name] == tenantId) or any(name in str(v) for v in row.values())
+                if (idColumn is not None and row[idColumn.name] == tenantId)
+                or any(name in str(v) for v in row.values())
             )
     return found
 

@@ -6,8 +6,10 @@ client, a MemoryReactorClock for time and the fake upstream of relay.testing.
 from base64 import b64encode
 
 import pytest
+
 from relay.core.reply import Reply
-from relay.testing import FakeUpstreamType, MemoryClient as Client
+from relay.testing import FakeUpstreamType
+from relay.testing import MemoryClient as Client
 
 PLAIN = b64encode(b"\0alice\0secret")
 
@@ -115,7 +117,9 @@ def test_pipelined_transaction():
     [message] = client.upstream.delivered
     assert message.sender == "a@example.com"
     assert message.recipients == ["b@example.net", "c@example.net"]
-    assert message.data.startswith(b"Received: from client.test ([192.0.2.7])\r\n\tby relay.test (smtprelay) with ESMTPA")
+    assert message.data.startswith(
+        b"Received: from client.test ([192.0.2.7])\r\n\tby relay.test (smtprelay) with ESMTPA"
+    )
     assert message.data.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n")
 
 
@@ -137,7 +141,9 @@ def test_upstream_replies_mirrored():
     upstream.replies["END"] = Reply.of(554, "5.7.1", "Spam")
     client = Client(upstream)
     client.login()
-    lines = client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<bad@example.net>\r\nRCPT TO:<ok@example.net>\r\nDATA\r\n")
+    lines = client.send(
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<bad@example.net>\r\nRCPT TO:<ok@example.net>\r\nDATA\r\n"
+    )
     assert lines[1] == "550 5.1.1 No such user"
     assert lines[2] == "250 2.1.5 Ok"
     assert client.send(b"x\r\n.\r\n")[0].startswith("554 5.7.1 Spam (queue id ")

@@ -214,9 +214,7 @@ def test_tenants_are_isolated(relay, upstreamCert, tenantName):
 def test_upstream_auth_over_starttls(relay, upstreamCert, tenantName):
     """smtp+starttls with credentials: the relay authenticates upstream, only over TLS."""
     with UpstreamServer(tls=upstreamCert, auth=("up-user", "up-secret")) as up:
-        account = relay.addTenant(
-            tenantName, upstreamURL(up, "smtp+starttls", "up-user:up-secret@", ca=ca(relay))
-        )
+        account = relay.addTenant(tenantName, upstreamURL(up, "smtp+starttls", "up-user:up-secret@", ca=ca(relay)))
         with relay.connect(account) as client:
             client.sendmail("a@example.com", ["b@example.net"], MESSAGE)
         [message] = up.waitForMessages(1)
@@ -237,9 +235,7 @@ def test_upstream_wrong_certificate(relay, tmp_path, ca, tenantName):
 
 def test_failover_and_connection_reuse(relay, upstream, tenantName):
     """The first upstream refuses connections, the second takes both messages over one connection."""
-    account = relay.addTenant(
-        tenantName, f"smtp://127.0.0.1:{closedPort()}", upstreamURL(upstream, ca=ca(relay))
-    )
+    account = relay.addTenant(tenantName, f"smtp://127.0.0.1:{closedPort()}", upstreamURL(upstream, ca=ca(relay)))
     with relay.connect(account) as client:
         client.sendmail("a@example.com", ["b@example.net"], MESSAGE)
         client.sendmail("a@example.com", ["b@example.net"], MESSAGE)

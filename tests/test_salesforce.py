@@ -47,8 +47,17 @@ def test_caseMatters():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "00D", "00D00000000006", "00D0000000000621", "00D000000000062EAAA", "001000000000062", "00d000000000062",
-     "00D00000000006!", "00D 00000000062"],
+    [
+        "",
+        "00D",
+        "00D00000000006",
+        "00D0000000000621",
+        "00D000000000062EAAA",
+        "001000000000062",
+        "00d000000000062",
+        "00D00000000006!",
+        "00D 00000000062",
+    ],
 )
 def test_notAnOrgId(text):
     """Anything but 15 or 18 letters and digits starting with 00D is refused."""

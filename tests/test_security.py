@@ -22,11 +22,11 @@ from twisted.python import usage
 
 from relay.core.envelope import ClientInfo, Transaction
 from relay.core.logtext import logText
+from relay.runtime.proxy import ProxyHeaderError, _HeaderFirstFactory, isTrusted, parseV1, parseV2
+from relay.runtime.tap import Options
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures
 from relay.server.protocol import SMTPServerFactory
-from relay.runtime.proxy import ProxyHeaderError, _HeaderFirstFactory, isTrusted, parseV1, parseV2
 from relay.server.received import traceHeader
-from relay.runtime.tap import Options
 from relay.testing import MemoryClient, fakeServerContext
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("2001:db8::/32"))
@@ -307,7 +307,7 @@ def test_shared_failures_counted_before_auth():
 def test_slow_command_line_closed():
     """A command line trickled a byte at a time is closed at its deadline; the bytes do not reset it."""
     client = MemoryClient(lineTimeout=30.0, idleTimeout=300.0)
-    for i in range(14):
+    for _ in range(14):
         client.send(b"N")
         client.reactor.advance(2)
     assert client.read() == []
@@ -364,7 +364,7 @@ def test_username_escaped_in_log():
         client.reactor.advance(1)
     [line] = [e["log_format"].format(**e) for e in events if "auth failed" in e.get("log_format", "")]
     assert "\r" not in line and "\n" not in line
-    assert line.startswith("smtprelay auth failed: client=192.0.2.7 user=\"x\\r\\n")
+    assert line.startswith('smtprelay auth failed: client=192.0.2.7 user="x\\r\\n')
 
 
 def test_message_starting_with_continuation_refused():
@@ -384,7 +384,9 @@ def test_recipient_cap():
     """The relay-wide recipient cap answers 452 4.5.3 past it (RFC 5321 §4.5.3.1.10: send the rest later)."""
     client = MemoryClient(maxRecipients=2)
     client.login()
-    lines = client.send(b"MAIL FROM:<a@example.com>\r\n" + b"".join(b"RCPT TO:<r%d@example.net>\r\n" % i for i in range(3)))
+    lines = client.send(
+        b"MAIL FROM:<a@example.com>\r\n" + b"".join(b"RCPT TO:<r%d@example.net>\r\n" % i for i in range(3))
+    )
     assert lines[1:3] == ["250 2.1.5 Ok", "250 2.1.5 Ok"]
     assert lines[3].startswith("452 4.5.3")
 

@@ -67,7 +67,9 @@ def rss(pid: int) -> int:
 def proxyRelay(ca, tmp_path):
     """A relay with a PROXY listener trusting only 127.0.0.2; C{relay.proxyPort} is that listener."""
     port = freePort()
-    relay = RelayProcess(tmp_path / "relay", ca, f"--smtp=haproxy:tcp:{port}:interface=127.0.0.1", "--trusted-proxy=127.0.0.2/32")
+    relay = RelayProcess(
+        tmp_path / "relay", ca, f"--smtp=haproxy:tcp:{port}:interface=127.0.0.1", "--trusted-proxy=127.0.0.2/32"
+    )
     relay.proxyPort = port
     yield relay
     relay.stop()
@@ -110,7 +112,9 @@ def test_cr_in_proxy_address(proxyRelay, upstreamCert):
     assert len(header) <= 107  # refused for its address, not its length
     with UpstreamServer(tls=upstreamCert, laxEndOfData=True) as up:
         account = proxyRelay.addTenant("lax", upstreamURL(up, ca=str(proxyRelay.ca.cert)))
-        with socket.create_connection(("127.0.0.1", proxyRelay.proxyPort), timeout=10, source_address=("127.0.0.2", 0)) as sock:
+        with socket.create_connection(
+            ("127.0.0.1", proxyRelay.proxyPort), timeout=10, source_address=("127.0.0.2", 0)
+        ) as sock:
             sock.sendall(header + b"EHLO raw.test\r\n")
             assert receiveAll(sock) == b""
         waitFor(lambda: "malformed PROXY header from 127.0.0.2" in proxyRelay.log(), "the refusal logged")
@@ -185,7 +189,10 @@ def test_lockout_shared_through_redis(ca, upstreamCert, tmp_path):
     server = requireRedis()
     for key in server.scan_iter("smtprelay:authfail:127.0.0.1"):
         server.delete(key)
-    relays = [RelayProcess(tmp_path / f"relay{i}", ca, f"--rate-limit-store={REDIS}", "--max-auth-failures=2") for i in range(2)]
+    relays = [
+        RelayProcess(tmp_path / f"relay{i}", ca, f"--rate-limit-store={REDIS}", "--max-auth-failures=2")
+        for i in range(2)
+    ]
     name = "lock" + secrets.token_hex(3)
     try:
         with UpstreamServer(tls=upstreamCert) as up:

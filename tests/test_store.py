@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -14,18 +13,16 @@ from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from relay.auth.passwords import verifyPassword
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
 from relay.store import database
 from relay.store.database import openEngine, requireCurrentSchema, upgrade
 from relay.store.errors import Conflict, Invalid, NotFound, SchemaNotCurrent
 from relay.store.models import Base
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
-from relay.store.values import UpstreamInfo
-from relay.core.tenant import Rate
-from relay.core.urls import UpstreamURL
-from relay.store.values import UsageDelta
-from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401
-from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
+from relay.store.values import UpstreamInfo, UsageDelta
+from tests.storefixtures import acceptAll, acme, databaseURL, engine, freshEngine, keyRing, postgresqlDatabase, store  # noqa: F401  # noqa: F401
 
 SECRET = "s3cret p@ss"
 UPSTREAM = "smtp+starttls://relay%40acme.example:s3cret%20p%40ss@mail.acme.example:587?timeout=30"
@@ -175,7 +172,7 @@ def test_openEngineCreatesPrivateFile(tmp_path):
     path = tmp_path / "relay.db"
     engine = openEngine(f"sqlite:///{path}")
     upgrade(engine)
-    with engine.connect() as connection:  # keeps the -wal and -shm files open
+    with engine.connect():  # keeps the -wal and -shm files open
         for name in ("relay.db", "relay.db-wal", "relay.db-shm"):
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     engine.dispose()
@@ -374,8 +371,21 @@ def test_domainSharedByTenants(acme):
 
 
 @pytest.mark.parametrize(
-    "domain", ["*", "*.", "*.*.example.com", "example.*", "localhost", "192.0.2.1", "[2001:db8::1]", "exa mple.com",
-               "-acme.example", "acme..example", "bücher.example", "a" * 64 + ".example"]
+    "domain",
+    [
+        "*",
+        "*.",
+        "*.*.example.com",
+        "example.*",
+        "localhost",
+        "192.0.2.1",
+        "[2001:db8::1]",
+        "exa mple.com",
+        "-acme.example",
+        "acme..example",
+        "bücher.example",
+        "a" * 64 + ".example",
+    ],
 )
 def test_addDomainInvalid(acme, domain):
     """Anything but a host name, or *. and a host name, is invalid."""

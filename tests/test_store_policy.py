@@ -12,12 +12,11 @@ import threading
 import pytest
 from sqlalchemy import text
 
+from relay.core.tenant import Network, Rate
 from relay.store.errors import Conflict, Invalid, NotFound
 from relay.store.repository import Store
 from relay.store.values import NetworkInfo, UpstreamInfo
-from relay.core.tenant import Network, Rate
-from tests.storefixtures import acceptAll, databaseURL, postgresqlDatabase  # noqa: F401
-from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
+from tests.storefixtures import acceptAll, acme, databaseURL, engine, freshEngine, keyRing, postgresqlDatabase, store  # noqa: F401  # noqa: F401
 
 SECRET = "s3cret"
 
@@ -50,10 +49,19 @@ def test_setTenant(acme):
         10_000_000, 50, 4, True
     )  # fmt: skip
     assert (str(changed.rate), str(changed.rateRecipients)) == ("100/1m", "10000/1d")
-    assert (changed.orgId, changed.email, changed.company) == ("00D000000000062EAA", "Billing@acme.example", "Acme Group")
+    assert (changed.orgId, changed.email, changed.company) == (
+        "00D000000000062EAA",
+        "Billing@acme.example",
+        "Acme Group",
+    )
     assert acme.showTenant("acme") == changed
     tenant = acme.loadSnapshot().tenants["acme"]
-    assert (tenant.maxSize, tenant.maxRecipients, tenant.maxConcurrency, tenant.allowBounces) == (10_000_000, 50, 4, True)
+    assert (tenant.maxSize, tenant.maxRecipients, tenant.maxConcurrency, tenant.allowBounces) == (
+        10_000_000,
+        50,
+        4,
+        True,
+    )
     assert (tenant.rate, tenant.rateRecipients) == (Rate(100, 60), Rate(10000, 86400))
     assert acme.setTenant("acme", maxRecipients=7).maxSize == 10_000_000
 
@@ -124,7 +132,9 @@ def test_suspendResume(acme):
 
 def test_addNetwork(acme):
     """Networks are kept normalised; an address alone is its /32 or /128; the snapshot has them."""
-    assert acme.addNetwork("acme", " 2001:DB8:0::/48 ", noAuth=True) == NetworkInfo(network="2001:db8::/48", noAuth=True)
+    assert acme.addNetwork("acme", " 2001:DB8:0::/48 ", noAuth=True) == NetworkInfo(
+        network="2001:db8::/48", noAuth=True
+    )
     acme.addNetwork("acme", "192.0.2.7")
     assert acme.showTenant("acme").networks == (
         NetworkInfo(network="192.0.2.7/32", noAuth=False),
@@ -172,15 +182,27 @@ def test_noAuthTooWide(acme, network, widest):
 @pytest.mark.parametrize(
     "first, firstNoAuth, second, secondNoAuth, message",
     [
-        ("192.0.2.0/24", False, "192.0.2.128/25", True, "no-auth network 192.0.2.128/25 overlaps network 192.0.2.0/24 "),
-        ("192.0.2.128/25", True, "192.0.2.0/24", False, "network 192.0.2.0/24 overlaps no-auth network 192.0.2.128/25 "),
+        (
+            "192.0.2.0/24",
+            False,
+            "192.0.2.128/25",
+            True,
+            "no-auth network 192.0.2.128/25 overlaps network 192.0.2.0/24 ",
+        ),
+        (
+            "192.0.2.128/25",
+            True,
+            "192.0.2.0/24",
+            False,
+            "network 192.0.2.0/24 overlaps no-auth network 192.0.2.128/25 ",
+        ),
         ("192.0.2.0/24", True, "192.0.2.0/24", True, "no-auth network 192.0.2.0/24 overlaps no-auth network "),
         ("2001:db8::/48", False, "2001:db8:0:1::/64", True, "overlaps network 2001:db8::/48 of tenant 'acme'"),
         ("2001:db8:0:1::/64", True, "2001:db8::/48", False, "overlaps no-auth network 2001:db8:0:1::/64 "),
     ],
 )
 def test_noAuthOverlapRefused(globex, first, firstNoAuth, second, secondNoAuth, message):
-    """A no-auth network overlapping another tenant's network, or one overlapping another's no-auth network, is refused."""
+    """A no-auth network overlapping another tenant's network, or any overlapping another's no-auth one, is refused."""
     globex.addNetwork("acme", first, noAuth=firstNoAuth)
     with pytest.raises(Conflict, match=message):
         globex.addNetwork("globex", second, noAuth=secondNoAuth)
@@ -221,14 +243,14 @@ def test_noAuthOverlapRace(globex, engine, keyRing):
         barrier = threading.Barrier(2)
         outcomes: list[object] = []
 
-        def add(store: Store, tenant: str) -> None:
+        def add(store: Store, tenant: str, network=network, barrier=barrier, outcomes=outcomes) -> None:
             barrier.wait()
             try:
                 outcomes.append(store.addNetwork(tenant, network, noAuth=True))
             except Conflict as e:
                 outcomes.append(e)
 
-        threads = [threading.Thread(target=add, args=pair) for pair in zip(stores, ["acme", "globex"])]
+        threads = [threading.Thread(target=add, args=pair) for pair in zip(stores, ["acme", "globex"], strict=True)]
         for thread in threads:
             thread.start()
         for thread in threads:

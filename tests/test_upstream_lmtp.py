@@ -14,11 +14,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyClass
 
+from relay.core.urls import UpstreamURL
 from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.seams.upstream import UpstreamError
 from relay.upstreams.lmtp import LMTPSession, LMTPUpstreamType
 from relay.upstreams.smtpclient import SMTPClientProtocol
-from relay.core.urls import UpstreamURL
 from tests.support.relay import splitTrace, upstreamURL
 from tests.support.upstream import UpstreamServer
 from tests.test_relay_e2e import MESSAGE
@@ -163,8 +163,10 @@ def test_lmtp_unix_socket(relay, tenantName):
     [
         ({"c@example.net": "452 4.2.2 Mailbox full"}, b"452 4.2.2 Mailbox full"),
         ({"c@example.net": "550 5.1.1 No such user"}, b"550 5.1.1 No such user"),
-        ({"b@example.net": "550 5.1.1 No such user", "c@example.net": "452 4.2.2 Mailbox full"},
-         b"452 4.2.2 Mailbox full"),
+        (
+            {"b@example.net": "550 5.1.1 No such user", "c@example.net": "452 4.2.2 Mailbox full"},
+            b"452 4.2.2 Mailbox full",
+        ),
     ],
     ids=["temporary", "permanent", "temporary-wins"],
 )

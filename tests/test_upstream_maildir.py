@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.upstreams.maildir import MaildirUpstreamType
 from relay.core.urls import UpstreamURL
+from relay.upstreams.maildir import MaildirUpstreamType
 from tests.support.relay import splitTrace
 from tests.test_relay_e2e import MESSAGE
 

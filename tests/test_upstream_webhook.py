@@ -18,11 +18,11 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyClass
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.core.reply import Reply
+from relay.core.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.seams.upstream import UpstreamContext
 from relay.upstreams.webhook import WebhookSession, WebhookUpstreamType, replyForStatus
-from relay.core.urls import UpstreamURL
 from tests.support.relay import splitTrace
 from tests.support.webhook import WebhookServer
 from tests.test_relay_e2e import MESSAGE

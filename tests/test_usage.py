@@ -17,8 +17,7 @@ from relay.store.repository import Store
 from relay.store.secrets import KeyRing
 from relay.store.values import UsageDelta, UsageRow
 from tests.adminfixtures import keyFile, run  # noqa: F401
-from tests.storefixtures import databaseURL, postgresqlDatabase  # noqa: F401
-from tests.storefixtures import acme, engine, freshEngine, keyRing, store  # noqa: F401
+from tests.storefixtures import acme, databaseURL, engine, freshEngine, keyRing, postgresqlDatabase, store  # noqa: F401  # noqa: F401
 
 MONDAY = date(2025, 3, 3)
 TUESDAY = date(2025, 3, 4)
@@ -163,7 +162,15 @@ def test_usageJSON(recorded):
     """usage --json gives the rows with ISO days."""
     rows = json.loads(recorded("usage", "globex", "--json").out)
     assert rows == [
-        {"tenant": "globex", "day": "2025-03-04", "relayed": 1, "recipients": 1, "bytes": 99, "rejected": 0, "failed": 0}
+        {
+            "tenant": "globex",
+            "day": "2025-03-04",
+            "relayed": 1,
+            "recipients": 1,
+            "bytes": 99,
+            "rejected": 0,
+            "failed": 0,
+        }
     ]
 
 

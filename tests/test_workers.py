@@ -39,7 +39,12 @@ def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
         assert len(up.waitForMessages(12)) == 12
         assert relayed(relay, "workers") == 12
         # Each worker runs the relay's own reactor (relay/runtime/reactor.py).
-        assert len(re.findall(r"\[worker \d\] reactor class: relay\.core\.twistedprivate\.DirectEPollReactor", relay.log())) == 2
+        assert (
+            len(
+                re.findall(r"\[worker \d\] reactor class: relay\.core\.twistedprivate\.DirectEPollReactor", relay.log())
+            )
+            == 2
+        )
         assert set(workerPids(relay)) == {0, 1}
         assert "[worker 0]" in relay.log() or "[worker 1]" in relay.log()
 
@@ -68,7 +73,9 @@ def test_worker_log_records_forwarded_at_once():
     globalLogPublisher.addObserver(observer)
     try:
         worker = _Worker(service=None, index=3)
-        records = [b"\x1e" + eventAsJSON({"log_format": f"line {i}", "log_time": 0.0}).encode() + b"\n" for i in range(2)]
+        records = [
+            b"\x1e" + eventAsJSON({"log_format": f"line {i}", "log_time": 0.0}).encode() + b"\n" for i in range(2)
+        ]
         stream = b"".join(records)
         worker.outReceived(stream[:10])
         assert [e for e in seen if e.get("worker") == 3] == []

@@ -26,16 +26,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.auth.passwords import generatePassword
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
 from relay.seams.discovery import discover
 from relay.store.database import DEFAULT_DATABASE, openEngine, requireCurrentSchema, upgrade
 from relay.store.errors import Conflict, Invalid, NotFound, StoreError, UndecryptableSecret
 from relay.store.models import ACTIVE, SUSPENDED
 from relay.store.repository import Store
 from relay.store.secrets import DEFAULT_KEY_FILE, KeyRing, dropOldKeys, rotate
-from relay.store.values import TenantDetails
-from relay.core.tenant import Rate
-from relay.core.urls import UpstreamURL
-from relay.store.values import COUNTERS
+from relay.store.values import COUNTERS, TenantDetails
 
 __all__ = ["main", "validateUpstream"]
 
@@ -175,7 +174,7 @@ def _printTable(rows: Sequence[Sequence[object]], numeric: int = 0) -> None:
     for row in cells:
         padded = [
             cell.rjust(width) if column >= first else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(row, widths))
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(padded).rstrip())
 
@@ -297,7 +296,9 @@ def _upstreamAdd(args: argparse.Namespace, store: Store) -> None:
         except ValueError as e:
             raise Invalid(str(e)) from None
         if parsed.username is None or parsed.password is not None:
-            raise Invalid("--password-stdin needs a URL with a user name and no password: smtp+starttls://user@host:587")
+            raise Invalid(
+                "--password-stdin needs a URL with a user name and no password: smtp+starttls://user@host:587"
+            )
         url = parsed.withPassword(_passwordLine()).unparse()
     upstream = store.addUpstream(args.tenant, url, args.priority, validate=validateUpstream)
     print(f"upstream #{upstream.id} {upstream.url} added to tenant {args.tenant!r} (priority {upstream.priority})")

@@ -14,17 +14,16 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.strcred import ICheckerFactory
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.plugin import IPlugin
 from twisted.logger import Logger
+from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from relay.auth.verified import VerifiedCache
 from relay.auth.passwords import hashPassword, needsRehash, verifyPassword
+from relay.auth.verified import VerifiedCache
 
 __all__ = ["TenantChecker", "TenantCheckerFactory"]
 
 log = Logger()
-
 
 
 @cache
@@ -71,7 +70,8 @@ class TenantChecker:
         self._verified = VerifiedCache(reactor)
         self._inFlight: dict[bytes, list[Deferred[bool]]] = {}
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    # twisted.cred types avatar ids as bytes; smtprelay's are tenant names (RelaySession._tenantFor takes both).
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:  # type: ignore[override]
         try:
             username = _text(credentials.username)
             password = _text(credentials.password)
@@ -113,7 +113,6 @@ class TenantChecker:
 
         deferToThreadPool(self._reactor, self._pool, _verify, password, encoded).addBoth(answer)
         return waiter
-
 
     def _upgrade(self, username: str, password: str, old: str) -> None:
         """Re-hash with the current parameters, in the background; a failure never fails the login."""

@@ -54,9 +54,7 @@ def _b64decode(text: str) -> bytes:
 
 
 def _derive(password: str, salt: bytes, log2n: int, r: int, p: int, length: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=2**log2n, r=r, p=p, maxmem=MAX_MEMORY, dklen=length
-    )
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2**log2n, r=r, p=p, maxmem=MAX_MEMORY, dklen=length)
 
 
 def _parse(encoded: str) -> tuple[int, int, int, bytes, bytes]:

@@ -136,7 +136,8 @@ def _splitMailboxes(value: str) -> list[tuple[str, list[str]]]:
     @raise AddressError: unbalanced quotes, comments or brackets.
     """
     mailboxes: list[tuple[str, list[str]]] = []
-    outside, angles = [], []
+    outside: list[str] = []
+    angles: list[str] = []
     angle: list[str] | None = None
     depth = 0
     i = 0

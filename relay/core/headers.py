@@ -4,13 +4,12 @@ A message's header block, held while header policies look at it.
 
 from __future__ import annotations
 
-
 __all__ = ["HeaderBlock", "MAX_HEADER_BLOCK", "splitHeaderBlock"]
 
 MAX_HEADER_BLOCK = 64 * 1024  # held in memory before anything is forwarded (DESIGN.md §2)
 
 
-def splitHeaderBlock(data: bytes) -> int:
+def splitHeaderBlock(data: bytes | bytearray) -> int:
     """
     Where the header block of C{data} ends.
 

@@ -15,7 +15,7 @@ import re
 
 __all__ = ["logText"]
 
-_WORD = re.compile(r'[\x21\x23-\x5b\x5d-\x7e]+')  # printable ASCII but space, " and \
+_WORD = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # printable ASCII but space, " and \
 MAX_SHOWN = 256  # characters of a client value shown at most
 
 

@@ -18,8 +18,11 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
-def then(result: T | Deferred[T], f: Callable[[T], U]) -> U | Deferred[U]:
-    """Apply C{f} to C{result} now, or when it fires if it is a Deferred."""
+def then(result: T | Deferred[T], f: Callable[[T], U | Deferred[U]]) -> U | Deferred[U]:
+    """
+    Apply C{f} to C{result} now, or when it fires if it is a Deferred (a
+    Deferred that C{f} returns is chained, as Deferreds do).
+    """
     if isinstance(result, Deferred):
         return result.addCallback(f)
     return f(result)

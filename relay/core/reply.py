@@ -55,7 +55,7 @@ class Reply:
             if simple is not None:  # the usual "250 2.1.0 Ok": no loop, no cleaning
                 code, enhanced, text = simple.groups()
                 if enhanced is None or enhanced[:1] == code[:1]:
-                    return cls(int(code), enhanced and enhanced.decode(), ((text or b"").decode(),))
+                    return cls(int(code), enhanced.decode() if enhanced else None, ((text or b"").decode(),))
         code = None
         texts = []
         enhanced = None

@@ -5,11 +5,13 @@ The relay's own TLS settings, for STARTTLS and implicit-TLS listeners.
 from __future__ import annotations
 
 import re
+from typing import cast
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
-__all__ = ["MINIMUM_TLS", "PROFILES", "pemCertificates", "serverTLSOptions"]
+__all__ = ["MINIMUM_TLS", "PROFILES", "pemCertificates", "serverTLSOptions", "tlsVersion"]
 
 MINIMUM_TLS = TLSVersion.TLSv1_2
 
@@ -25,6 +27,11 @@ PROFILES = {
     ),
 }
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
+
+
+def tlsVersion(transport: ISystemHandle) -> str:
+    """The TLS version of a connection over TLS (C{"TLSv1.3"}), from its pyOpenSSL handle."""
+    return cast(SSL.Connection, transport.getHandle()).get_protocol_version_name()
 
 
 def pemCertificates(data: bytes) -> list[bytes]:

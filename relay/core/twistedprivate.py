@@ -56,7 +56,7 @@ def _descriptor(transport) -> FileDescriptor | None:
 
 def _open(descriptor: FileDescriptor | None) -> bool:
     """Writable by us: connected and not closing."""
-    return descriptor is not None and descriptor.connected and not descriptor.disconnecting
+    return descriptor is not None and bool(descriptor.connected) and not descriptor.disconnecting
 
 
 def _empty(connection: Connection) -> bool:
@@ -79,7 +79,7 @@ def writeNow(transport, data: bytes) -> None:
         return
     transport.write(data)
     descriptor = _descriptor(transport)
-    if _open(descriptor):
+    if descriptor is not None and _open(descriptor):
         descriptor.doWrite()
 
 

@@ -38,6 +38,13 @@ class Verdict:
     def refuses(self) -> bool:
         return self.decision in (Decision.REJECT, Decision.TEMPFAIL)
 
+    @property
+    def refusal(self) -> Reply:
+        """The reply of a REJECT or TEMPFAIL verdict (C{ValueError} for the others)."""
+        if self.reply is None:
+            raise ValueError(f"a {self.decision.value} verdict has no reply")
+        return self.reply
+
 
 CONTINUE = Verdict(Decision.CONTINUE)
 """No objection; the next policy is asked."""

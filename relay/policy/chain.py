@@ -15,9 +15,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.interface import Method
 
+from relay.core.envelope import ClientInfo
+from relay.core.verdict import CONTINUE, Decision, Verdict, tempfail
 from relay.seams.interfaces import IPolicy
 from relay.seams.policy import Policy
-from relay.core.verdict import CONTINUE, Decision, Verdict, tempfail
 
 __all__ = ["NamedPolicy", "PolicyChain"]
 
@@ -53,7 +54,7 @@ class PolicyChain:
         policies: Sequence[NamedPolicy],
         clock: IReactorTime,
         timeout: float = 30.0,
-        onRefusal: Callable[[str, object, Verdict], None] = lambda name, client, verdict: None,
+        onRefusal: Callable[[str, ClientInfo, Verdict], None] = lambda name, client, verdict: None,
     ):
         self._policies = tuple(policies)
         self._clock = clock
@@ -111,7 +112,10 @@ class PolicyChain:
         if isinstance(result, Verdict):
             return result
         self.log.error(
-            "policy {policy} answered {result!r} from {hook}, not a Verdict", policy=policy.name, result=result, hook=hook
+            "policy {policy} answered {result!r} from {hook}, not a Verdict",
+            policy=policy.name,
+            result=result,
+            hook=hook,
         )
         return _POLICY_FAILED
 

@@ -18,9 +18,9 @@ import uuid
 from twisted.internet.defer import Deferred
 
 from relay.core.maybe import then
+from relay.core.tenant import Rate
 from relay.plugin import CONTINUE, Policy, tempfail
 from relay.seams.interfaces import ISharedState
-from relay.core.tenant import Rate
 
 NOTES = "rate-limit"  # its key in transaction.notes
 __all__ = ["MemoryBudget", "RateLimitPolicy", "RedisBudget"]
@@ -92,7 +92,9 @@ class RedisBudget:
     def spend(self, key: str, rate: Rate) -> Deferred[bool]:
         def spend() -> bool:
             window = int(self._redis.client.time()[0]) // rate.seconds
-            return bool(self._spend(keys=[f"smtprelay:rate:{key}:{rate.seconds}:{window}"], args=[rate.count, rate.seconds]))
+            return bool(
+                self._spend(keys=[f"smtprelay:rate:{key}:{rate.seconds}:{window}"], args=[rate.count, rate.seconds])
+            )
 
         return self._redis.call(spend)
 
@@ -128,7 +130,9 @@ class RateLimitPolicy(Policy):
     def _spendMessage(self, tenant):
         if tenant.rate is None:
             return CONTINUE
-        return then(self._budget.spend(f"messages:{tenant.name}", tenant.rate), lambda ok: CONTINUE if ok else RATE_EXCEEDED)
+        return then(
+            self._budget.spend(f"messages:{tenant.name}", tenant.rate), lambda ok: CONTINUE if ok else RATE_EXCEEDED
+        )
 
     def rcptTo(self, client, transaction, recipient):
         rate = client.tenant.rateRecipients

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -75,9 +75,9 @@ class Directory:
         )
 
     def _refresh(self) -> Deferred[None]:
-        def changed(generation: int) -> Deferred[None] | None:
+        def changed(generation: int) -> Deferred[None]:
             self.reachable = True
-            return self._load() if generation != self.snapshot.generation else None
+            return self._load() if generation != self.snapshot.generation else succeed(None)
 
         def failed(failure) -> None:
             # A store outage keeps the last snapshot: relaying goes on.

@@ -27,14 +27,18 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Sequence
+from typing import cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from relay.core.logtext import logText
+from relay.seams.types import IStreamTransport
 
 __all__ = ["PREFIX", "ProxiedEndpoint", "ProxyHeaderError", "isTrusted", "parseV1", "parseV2"]
 
@@ -154,6 +158,8 @@ class _HeaderFirst(ProtocolWrapper):
     """Reads the PROXY header, then connects the wrapped (SMTP) protocol with the client's address."""
 
     log = Logger()
+    transport: IStreamTransport
+    factory: _HeaderFirstFactory
 
     def makeConnection(self, transport) -> None:
         # ProtocolWrapper.makeConnection, without connecting the wrapped protocol yet.
@@ -175,6 +181,11 @@ class _HeaderFirst(ProtocolWrapper):
             transport.loseConnection()
             return
         self._deadline = self.factory.clock.callLater(self.factory.timeout, self._timedOut)
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _timedOut(self) -> None:
         self._deadline = None
@@ -203,11 +214,10 @@ class _HeaderFirst(ProtocolWrapper):
             return
         if header is None:
             return
-        self._deadline.cancel()
-        self._deadline = None
+        self._stopDeadline()
         self._connected = True
         rest, self._buffer = self._buffer, b""
-        self.wrappedProtocol.makeConnection(self)
+        self.wrappedProtocol.makeConnection(cast(IStreamTransport, self))  # it provides the transport's interfaces
         if rest:
             self.wrappedProtocol.dataReceived(rest)
 
@@ -242,21 +252,20 @@ class _HeaderFirst(ProtocolWrapper):
 
     def _refuse(self, reason: str) -> None:
         """A malformed header: one log line, and the connection closed at once."""
-        self._deadline.cancel()
-        self._deadline = None
-        self.log.warn("malformed PROXY header from {peer}: {reason}; connection closed", peer=self._peerHost(), reason=reason)
+        self._stopDeadline()
+        self.log.warn(
+            "malformed PROXY header from {peer}: {reason}; connection closed", peer=self._peerHost(), reason=reason
+        )
         self.transport.abortConnection()
 
     def getPeer(self) -> IAddress:
         return self._client if self._client is not None else self.transport.getPeer()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._connected:
             super().connectionLost(reason)
             return
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._stopDeadline()
         self.factory.unregisterProtocol(self)
 
 
@@ -264,7 +273,9 @@ class _HeaderFirstFactory(WrappingFactory):
     protocol = _HeaderFirst
     noisy = False
 
-    def __init__(self, wrappedFactory, clock: IReactorTime, timeout: float, trusted: Sequence[IPNetwork], untrustedReply: bytes):
+    def __init__(
+        self, wrappedFactory, clock: IReactorTime, timeout: float, trusted: Sequence[IPNetwork], untrustedReply: bytes
+    ):
         super().__init__(wrappedFactory)
         self.clock = clock
         self.timeout = timeout

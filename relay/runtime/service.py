@@ -10,42 +10,41 @@ import signal
 from sqlalchemy import make_url
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.task import deferLater
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from relay.telemetry.accounting import UsageRecorder
 from relay.auth.chain import FirstOf
 from relay.auth.logins import TenantChecker
-from relay.runtime.directory import Directory
-from relay.telemetry.logs import useLogFormat
-from relay.telemetry.metrics import Metrics
-from relay.seams.policy import PolicyContext
-from relay.policy.chain import PolicyChain
-from relay.core.tenant import Snapshot
-from relay.policy.chain import NamedPolicy
-from relay.seams.discovery import Discovery, discover, origin
-from relay.seams.interfaces import IPolicy
-from relay.seams.registration import PluginError, conformance
-from relay.telemetry.report import AddressRedactor, Reporter
-from relay.server.context import ServerContext
 from relay.core.reply import Reply
-from relay.server.guard import ConnectionGuard, MemoryAuthFailures, RedisAuthFailures
-from relay.server.protocol import SMTPServerFactory
+from relay.core.tenant import Snapshot
+from relay.core.tls import serverTLSOptions
+from relay.policy.chain import NamedPolicy, PolicyChain
+from relay.runtime.directory import Directory
+from relay.runtime.endpoints import AdoptedEndpoint
 from relay.runtime.proxy import PREFIX as PROXY_PREFIX
 from relay.runtime.proxy import ProxiedEndpoint
-from relay.runtime.endpoints import AdoptedEndpoint
+from relay.runtime.sharedstate import RedisConnection
+from relay.seams.discovery import Discovery, discover, origin
+from relay.seams.interfaces import IPolicy
+from relay.seams.policy import PolicyContext
+from relay.seams.registration import PluginError, conformance
+from relay.seams.upstream import UpstreamContext
+from relay.server.context import ServerContext
+from relay.server.guard import ConnectionGuard, MemoryAuthFailures, RedisAuthFailures
+from relay.server.protocol import SMTPServerFactory
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
 from relay.store.repository import Store
-from relay.runtime.sharedstate import RedisConnection
 from relay.store.secrets import KeyRing
-from relay.core.tls import serverTLSOptions
-from relay.seams.upstream import UpstreamContext
-from relay.upstreams.pool import UpstreamPool
+from relay.telemetry.accounting import UsageRecorder
+from relay.telemetry.logs import useLogFormat
+from relay.telemetry.metrics import Metrics
 from relay.telemetry.monitoring import metricsSite
+from relay.telemetry.report import AddressRedactor, Reporter
+from relay.upstreams.pool import UpstreamPool
 
 __all__ = ["RelayService", "StartupError"]
 
@@ -111,7 +110,9 @@ def _policies(options, reactor, discovery: Discovery, sharedState: RedisConnecti
         raise StartupError(f"--disable-policy: no installed policy named {', '.join(sorted(unknown))}")
     for name, reason in discovery.brokenPolicies.items():
         if name not in options["disable-policy"]:
-            raise StartupError(f"{reason} (a relay never runs with fewer policies than installed: fix it, or --disable-policy {name})")
+            raise StartupError(
+                f"{reason} (a relay never runs with fewer policies than installed: fix it, or --disable-policy {name})"
+            )
     context = PolicyContext(reactor=reactor, options=options, sharedState=sharedState)
     policies = []
     for factory in discovery.policies:
@@ -216,7 +217,7 @@ class RelayService(MultiService):
                 _policies(options, reactor, discovery, shared),
                 reactor,
                 options["policy-timeout"],
-                lambda name, client, verdict: reporter.refused(name, client, verdict.reply),
+                lambda name, client, verdict: reporter.refused(name, client, verdict.refusal),
             ),
             upstreams=self.upstreams,
             reporter=reporter,
@@ -265,9 +266,15 @@ class RelayService(MultiService):
         else:
             endpoint = AdoptedEndpoint(self._reactor, inherited)
         if description.startswith(PROXY_PREFIX):
-            refusal = Reply.of(421, "4.7.0", f"{self._options['hostname']} PROXY protocol accepted only from trusted proxies")
+            refusal = Reply.of(
+                421, "4.7.0", f"{self._options['hostname']} PROXY protocol accepted only from trusted proxies"
+            )
             endpoint = ProxiedEndpoint(
-                endpoint, self._reactor, self._options["handshake-timeout"], self._options["trusted-proxy"], refusal.toBytes()
+                endpoint,
+                self._reactor,
+                self._options["handshake-timeout"],
+                self._options["trusted-proxy"],
+                refusal.toBytes(),
             )
         return endpoint
 

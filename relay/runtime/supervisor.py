@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -33,12 +34,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
-from relay.telemetry.logs import useLogFormat
 from relay.runtime.proxy import PREFIX
 from relay.runtime.service import StartupError, checkConfiguration, stopOnTerminate
+from relay.telemetry.logs import useLogFormat
 from relay.telemetry.monitoring import metricsSite
 
 __all__ = ["WorkersService", "workerArguments"]
@@ -67,6 +69,9 @@ def workerArguments(argv: list[str], fds: list[int]) -> list[str]:
 
 class _Worker(ProcessProtocol):
     """One worker process: forwards its log, reports its end."""
+
+    process: IProcessTransport  # set once spawned
+    pid: int
 
     def __init__(self, service: WorkersService, index: int):
         self._service = service
@@ -123,7 +128,7 @@ class WorkersService(Service):
         inner = description.removeprefix(PREFIX)
         if not inner.startswith(("tcp:", "tcp6:", "unix:")):
             raise StartupError(f"with --workers, listeners must be tcp:, tcp6: or unix: endpoints, not {description!r}")
-        bound = []
+        bound: list[Any] = []  # the port, or the failure
         factory = Factory()
         factory.noisy = False
         serverFromString(self._reactor, inner).listen(factory).addBoth(bound.append)
@@ -144,7 +149,9 @@ class WorkersService(Service):
         site = metricsSite(self.registry, self.readiness, self._reactor)
         d = serverFromString(self._reactor, self._options["metrics"]).listen(site)
         d.addCallback(lambda port: setattr(self, "_metricsPort", port))
-        d.addErrback(lambda f: self.log.failure("cannot serve metrics on {endpoint}", f, endpoint=self._options["metrics"]))
+        d.addErrback(
+            lambda f: self.log.failure("cannot serve metrics on {endpoint}", f, endpoint=self._options["metrics"])
+        )
 
     def _spawn(self, index: int) -> None:
         worker = _Worker(self, index)
@@ -155,7 +162,7 @@ class WorkersService(Service):
             worker, sys.executable, [sys.executable, "-m", "relay.runtime.worker", *self._arguments],
             env=environment, childFDs=fds,
         )  # fmt: skip
-        worker.pid = process.pid
+        worker.process, worker.pid = process, process.pid
         self._workers[index] = worker
         self.log.info("worker {worker} started (pid {pid})", worker=index, pid=process.pid)
         worker.ended.addCallback(self._ended, worker)
@@ -186,7 +193,7 @@ class WorkersService(Service):
             port.stopListening()
         for worker in self._workers.values():
             if not worker.ended.called:
-                worker.transport.signalProcess("TERM")
+                worker.process.signalProcess("TERM")
         ended = DeferredList([worker.ended for worker in self._workers.values()])
         deadline = self._reactor.callLater(self._options["drain-timeout"] + 10, self._kill)
         await ended
@@ -200,4 +207,4 @@ class WorkersService(Service):
         for worker in self._workers.values():
             if not worker.ended.called:
                 self.log.warn("worker {worker} did not stop in time; killing it", worker=worker.index)
-                worker.transport.signalProcess("KILL")
+                worker.process.signalProcess("KILL")

@@ -13,10 +13,10 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
-from relay.telemetry.logs import FORMATS
 from relay.runtime.proxy import PREFIX as PROXY_PREFIX
 from relay.store.database import DEFAULT_DATABASE
 from relay.store.secrets import DEFAULT_KEY_FILE
+from relay.telemetry.logs import FORMATS
 
 __all__ = ["Options", "makeService"]
 
@@ -63,7 +63,13 @@ class Options(usage.Options, AuthOptionMixin):
         ["max-auth-failures", None, 5, "AUTH failures from one address before it is refused for a while.", int],
         ["auth-failure-window", None, 900.0, "Seconds an AUTH failure counts against its address.", float],
         ["max-errors", None, 20, "Refused or unknown commands in one session before 421 and close.", int],
-        ["max-recipients", None, 1000, "Recipients per message (a tenant's own cap may be lower); RFC 5321 wants 100 at least.", int],
+        [
+            "max-recipients",
+            None,
+            1000,
+            "Recipients per message (a tenant's own cap may be lower); RFC 5321 wants 100 at least.",
+            int,
+        ],
         ["line-timeout", None, 60.0, "Seconds a command line may take from its first byte to its end.", float],
         ["log-format", None, "text", "text (twistd's log lines) or json (JSON lines on standard output)."],
         ["metrics", None, "tcp:9464:interface=127.0.0.1", "Monitoring HTTP endpoint (/metrics, /healthz, /readyz)."],

@@ -8,6 +8,7 @@ parent, logging JSON records to standard output for the parent to forward.
 from __future__ import annotations
 
 import sys
+from typing import IO, cast
 
 __all__ = ["main"]
 
@@ -22,13 +23,13 @@ def main(argv: list[str]) -> int:
 
     from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
-    from relay.telemetry.logs import BatchedOutput
     from relay.runtime.tap import Options
+    from relay.telemetry.logs import BatchedOutput
 
     options = Options()
     options.parseOptions(argv)
     output = BatchedOutput(sys.stdout)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(output)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(cast(IO[str], output))], redirectStandardIO=False)
     Logger().info("reactor class: {reactor}", reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}")
 
     from twisted.internet.task import LoopingCall

@@ -20,9 +20,10 @@ from importlib.metadata import packages_distributions, version
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import ICheckerFactory
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.plugin import getCache, getPlugins
 from twisted.python.modules import getModule
+from zope.interface import provider
 
 from relay.seams.interfaces import IPolicyFactory, IUpstreamType
 from relay.seams.registration import PluginError, PolicyPlugin, UpstreamTypePlugin, conformance
@@ -64,7 +65,8 @@ def _collect(interface, problems: list[str]) -> list:
     """getPlugins, with every failure it logs turned into a problem line."""
     import twisted.plugins
 
-    def observe(event):
+    @provider(ILogObserver)
+    def observe(event: dict) -> None:
         failure = event.get("log_failure")
         if failure is not None:
             problems.append(f"{_brokenModule(failure)}: {failure.type.__name__}: {failure.getErrorMessage()}")

@@ -13,8 +13,8 @@ interfaces (L{IUpstreamTLS}), so the check can be strict.
 
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface
 from twisted.internet.interfaces import IConsumer
+from zope.interface import Attribute, Interface
 
 __all__ = ["IPolicy", "IPolicyFactory", "ISharedState", "IUpstreamSession", "IUpstreamTLS", "IUpstreamType"]
 

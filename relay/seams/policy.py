@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from relay.core.verdict import CONTINUE
 from relay.seams.interfaces import IPolicy, ISharedState
-from relay.seams.reactor import IRelayReactor
+from relay.seams.types import IRelayReactor
 
 __all__ = ["Policy", "PolicyContext"]
 

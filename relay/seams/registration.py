@@ -17,13 +17,15 @@ from typing import Any
 
 from twisted.plugin import IPlugin
 from zope.interface import Interface, implementer
+from zope.interface import exceptions as zopeExceptions
 from zope.interface.exceptions import BrokenImplementation, BrokenMethodImplementation, DoesNotImplement, Invalid
-from zope.interface.exceptions import MultipleInvalid
 from zope.interface.verify import verifyClass, verifyObject
 
 from relay.seams.interfaces import IPolicy, IPolicyFactory, IUpstreamType
 
 __all__ = ["PluginError", "PolicyPlugin", "UpstreamTypePlugin", "conformance"]
+
+MultipleInvalid: type[Invalid] = zopeExceptions.MultipleInvalid  # type: ignore[attr-defined]  # not in the stubs
 
 
 class PluginError(Exception):
@@ -33,11 +35,11 @@ class PluginError(Exception):
 def _why(error: Invalid) -> str:
     """A zope.interface verification error as a short reason."""
     if isinstance(error, MultipleInvalid):
-        return "; ".join(_why(each) for each in error.exceptions)
+        return "; ".join(_why(each) for each in getattr(error, "exceptions", ()))
     if isinstance(error, DoesNotImplement):
         return f"does not declare {error.interface.__name__} (add @implementer({error.interface.__name__}))"
     if isinstance(error, BrokenImplementation):
-        return f"missing {error.name!r}"
+        return f"missing {getattr(error.name, '__name__', error.name)!r}"
     if isinstance(error, BrokenMethodImplementation):
         name = getattr(error.method, "__name__", error.method)
         return f"method {name!r} {error.mess}"

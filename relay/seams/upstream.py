@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from twisted.python.threadpool import ThreadPool
 
 from relay.core.reply import Reply
-from relay.seams.reactor import IRelayReactor
+from relay.seams.types import IRelayReactor
 
 __all__ = ["UpstreamContext", "UpstreamError"]
 

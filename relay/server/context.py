@@ -10,8 +10,8 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 
 from relay.policy.chain import PolicyChain
-from relay.telemetry.report import Reporter
 from relay.server.guard import ConnectionGuard
+from relay.telemetry.report import Reporter
 from relay.upstreams.pool import UpstreamPool
 
 __all__ = ["ServerContext"]

@@ -12,11 +12,11 @@ from zope.interface import implementer
 
 from relay.core.envelope import ClientInfo, Transaction
 from relay.core.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
-from relay.upstreams.pool import Lease
-from relay.policy.chain import PolicyChain
 from relay.core.reply import Reply
-from relay.server.throttle import Throttle
 from relay.core.verdict import Verdict
+from relay.policy.chain import PolicyChain
+from relay.server.throttle import Throttle
+from relay.upstreams.pool import Lease
 
 __all__ = ["MessageStream"]
 
@@ -138,10 +138,10 @@ class MessageStream:
             if len(self._header) > MAX_HEADER_BLOCK:
                 self.refusal = HEADER_TOO_BIG
             return
-        self._headersComplete(end)
+        self._headersComplete(self._header, end)
 
-    def _headersComplete(self, end: int) -> None:
-        block, body = bytes(self._header[:end]), bytes(self._header[end:])
+    def _headersComplete(self, header: bytearray, end: int) -> None:
+        block, body = bytes(header[:end]), bytes(header[end:])
         self._header = None
         self._transaction.size += len(block)
         verdict = self._policies.check("headers", self._client, self._transaction, HeaderBlock(block))
@@ -162,8 +162,9 @@ class MessageStream:
         self._apply(verdict, forward, then)
         while self._backlog and not self._deciding and self.refusal is None:
             self._take(self._backlog.popleft())
-        if self._drained is not None and not self._deciding:
-            self._drained, drained = None, self._drained
+        drained = self._drained
+        if drained is not None and not self._deciding:
+            self._drained = None
             drained.callback(None)
 
     def _apply(self, verdict: Verdict, forward: bytes, then: bytes) -> None:
@@ -191,7 +192,7 @@ class MessageStream:
         empty line after its header is all header.
         """
         if self._header is not None and self.refusal is None:
-            self._headersComplete(len(self._header))
+            self._headersComplete(self._header, len(self._header))
         if not self._deciding:
             return succeed(None)
         self._drained = Deferred()

@@ -20,18 +20,20 @@ import enum
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relay.core.envelope import ClientInfo, newQueueId
 from relay.core.reply import Reply
+from relay.core.tls import tlsVersion
+from relay.core.twistedprivate import noDelay, writeNow
+from relay.seams.types import IStreamTransport
 from relay.server.context import ServerContext
 from relay.server.dataframe import DataScanner
 from relay.server.session import RelaySession
 from relay.server.throttle import Throttle
-from relay.core.twistedprivate import noDelay, writeNow
 
 __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 
@@ -63,10 +65,26 @@ def _cancel(timer) -> None:
 
 
 class Mode(enum.Enum):
-    COMMAND = "command"
+    """How the next bytes from the client are read."""
+
+    COMMAND = "command"  # command lines, answered in order
     AUTH = "auth"  # the next line answers a 334 challenge
     DATA = "data"  # raw message bytes until CRLF . CRLF
-    CLOSED = "closed"
+    CLOSED = "closed"  # nothing more is read
+
+
+# Which mode may follow which; anything else is a bug and raises.  AUTH may
+# follow itself (LOGIN asks twice); CLOSED is final.
+_TRANSITIONS: dict[Mode, frozenset[Mode]] = {
+    Mode.COMMAND: frozenset({Mode.AUTH, Mode.DATA, Mode.CLOSED}),
+    Mode.AUTH: frozenset({Mode.AUTH, Mode.COMMAND, Mode.CLOSED}),
+    Mode.DATA: frozenset({Mode.COMMAND, Mode.CLOSED}),
+    Mode.CLOSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """The protocol was asked for a mode change its table does not have: a bug."""
 
 
 @implementer(IPushProducer)
@@ -93,6 +111,9 @@ class _OutputFlow:
 @implementer(IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """One client connection."""
+
+    transport: IStreamTransport
+    factory: SMTPServerFactory
 
     log = Logger()
 
@@ -146,8 +167,14 @@ class SMTPServerProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         _cancel(self._handshakeTimer)
-        self.client.tls = self.transport.getHandle().get_protocol_version_name()
+        self.client.tls = tlsVersion(self.transport)
         self._ctx.reporter.tls("inbound", self.client.tls)
+
+    def _enter(self, mode: Mode) -> None:
+        """Change mode, as L{_TRANSITIONS} allows."""
+        if mode not in _TRANSITIONS[self._mode]:
+            raise IllegalTransition(f"SMTP server: {self._mode.value} -> {mode.value}")
+        self._mode = mode
 
     def dataReceived(self, data: bytes) -> None:
         if self._mode is Mode.CLOSED:
@@ -248,13 +275,15 @@ class SMTPServerProtocol(Protocol):
         return True
 
     def _dataChunk(self, data: bytes) -> None:
-        content, rest = self._scanner.feed(data)
+        scanner = self._scanner
+        assert scanner is not None, "DATA mode has a scanner"
+        content, rest = scanner.feed(data)
         if content:
             self.session.messageData(content)
         if rest is not None:
-            error, self._scanner = self._scanner.error, None
+            error, self._scanner = scanner.error, None
             _cancel(self._dataTimer)
-            self._mode = Mode.COMMAND
+            self._enter(Mode.COMMAND)
             self._input = rest
             self._watchLine(False)
             self._step("EOD", self.session.endOfData(error))
@@ -265,9 +294,7 @@ class SMTPServerProtocol(Protocol):
             self._answer(result, verb)
             return
         self._waiting = True
-        result.addErrback(self._failed, verb)
-        result.addCallback(self._answer, verb)
-        result.addCallback(self._resume)
+        result.addErrback(self._failed, verb).addCallback(self._answer, verb).addCallback(self._resume)
 
     def _failed(self, failure: Failure, verb: str) -> Reply:
         self.log.failure("session {session}: error handling {verb}", failure, session=self.client.sessionId, verb=verb)
@@ -281,6 +308,8 @@ class SMTPServerProtocol(Protocol):
 
     def _answer(self, reply: Reply, verb: str) -> None:
         """Queue a reply and apply what it means for the connection."""
+        if self._mode is Mode.CLOSED:  # a late answer (a policy, a timer): nobody to tell
+            return
         if verb == "DATA" and reply.code == 354 and self._input:
             # RFC 2920 §3.1: the message may only follow our 354.
             self.session.abortTransaction()
@@ -295,20 +324,25 @@ class SMTPServerProtocol(Protocol):
                 reply = TOO_MANY_ERRORS
                 self._queue(reply.toBytes())
                 code = reply.code
-        if code == 421 or reply is EARLY_DATA or (verb == "QUIT" and code == 221) or (verb == "CONNECT" and code != 220):
+        if (
+            code == 421
+            or reply is EARLY_DATA
+            or (verb == "QUIT" and code == 221)
+            or (verb == "CONNECT" and code != 220)
+        ):
             self._close()
         elif verb == "STARTTLS" and code == 220:
             self._startTLS()
         elif verb == "DATA" and code == 354:
-            self._mode = Mode.DATA
+            self._enter(Mode.DATA)
             _cancel(self._lineTimer)
             self._lineTimer = None
             self._scanner = DataScanner(self.session.maxMessageSize)
             self._dataTimer = self._clock.callLater(self._ctx.dataTimeout, self._answer, DATA_TOO_SLOW, "TIMEOUT")
         elif code == 334:
-            self._mode = Mode.AUTH
+            self._enter(Mode.AUTH)
         elif self._mode is Mode.AUTH:
-            self._mode = Mode.COMMAND
+            self._enter(Mode.COMMAND)
 
     def drain(self) -> None:
         """
@@ -349,7 +383,7 @@ class SMTPServerProtocol(Protocol):
             writeNow(self.transport, data)
 
     def _close(self) -> None:
-        self._mode = Mode.CLOSED
+        self._enter(Mode.CLOSED)
         self._flush()
         # ITransport.loseConnection: a transport with a producer closes only once it is unregistered.
         self.transport.unregisterProducer()
@@ -365,9 +399,10 @@ class SMTPServerProtocol(Protocol):
             return
         self._answer(IDLE, "TIMEOUT")
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
-        self._mode = Mode.CLOSED
+        if self._mode is not Mode.CLOSED:
+            self._enter(Mode.CLOSED)
         for timer in (self._timer, self._lineTimer, self._handshakeTimer, self._dataTimer, self._closing):
             _cancel(timer)
         self.session.connectionLost()
@@ -393,7 +428,7 @@ class SMTPServerFactory(Factory):
         self.implicitTLS = implicitTLS
         self.connections: set[SMTPServerProtocol] = set()
 
-    def buildProtocol(self, addr) -> SMTPServerProtocol:
+    def buildProtocol(self, addr):
         protocol = SMTPServerProtocol(self.context, self.implicitTLS)
         protocol.factory = self
         return protocol

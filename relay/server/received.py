@@ -5,7 +5,7 @@ The trace header the relay prepends to every message (RFC 5321 §4.4).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from relay.core.envelope import ClientInfo, Transaction
@@ -25,7 +25,7 @@ def _protocol(client: ClientInfo) -> str:
 @lru_cache(maxsize=2)
 def _date(second: int) -> str:
     """An RFC 5322 date, made once per second however many messages pass."""
-    return datetime.fromtimestamp(second, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S %z")
+    return datetime.fromtimestamp(second, UTC).strftime("%a, %d %b %Y %H:%M:%S %z")
 
 
 def traceHeader(client: ClientInfo, transaction: Transaction, hostname: str, now: float) -> bytes:

@@ -10,6 +10,7 @@ it has to wait for a policy, the credential checker or the upstream.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -17,20 +18,22 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse
+from twisted.mail.interfaces import IChallengeResponse
 
 from relay.core.address import AddressError, parseParameters, parsePath
 from relay.core.envelope import ClientInfo, Transaction, newQueueId
 from relay.core.logtext import logText
 from relay.core.maybe import settle, then
 from relay.core.reply import Reply
+from relay.core.tenant import Tenant
+from relay.seams.upstream import UpstreamError
 from relay.server.context import ServerContext
 from relay.server.dataframe import DataError
-from relay.server.message import UPSTREAM_LOST, MessageStream
 from relay.server.guard import AUTH_LOCKED
+from relay.server.message import UPSTREAM_LOST, MessageStream
 from relay.server.received import traceHeader
 from relay.server.sasl import MECHANISMS, decodeResponse, encodeChallenge
 from relay.server.throttle import Throttle
-from relay.seams.upstream import UpstreamError
 from relay.upstreams.pool import Lease
 
 __all__ = ["RelaySession"]
@@ -115,7 +118,7 @@ class RelaySession:
         self._secure = secure
         self._greeted = False
         self._closed = False
-        self._sasl = None  # (mechanism, IChallengeResponse) during AUTH
+        self._sasl: tuple[str, IChallengeResponse] | None = None  # during AUTH
         self._networkTenant = None  # the tenant of a --no-auth network the client is in
         self.transactions = 0
         self._transaction: Transaction | None = None
@@ -138,7 +141,7 @@ class RelaySession:
             self._ctx.reporter.refused("auth-failures", self.client, AUTH_LOCKED)
             return AUTH_LOCKED
         ready = Reply.of(220, None, f"{self._ctx.hostname} ESMTP smtprelay")
-        return then(self._ctx.policies.check("connect", self.client), lambda v: v.reply if v.refuses else ready)
+        return then(self._ctx.policies.check("connect", self.client), lambda v: v.refusal if v.refuses else ready)
 
     def tlsStarted(self) -> None:
         """TLS is starting; RFC 3207 §4.2: forget everything learnt before it."""
@@ -165,7 +168,7 @@ class RelaySession:
     def connectionLost(self) -> None:
         """The client went away: abort any transaction in flight."""
         self._closed = True
-        if self._stream is not None:
+        if self._stream is not None and self._transaction is not None:
             self._report(self._transaction, CLIENT_GONE, aborted=True)
             self._endTransaction(reusable=False)
         else:
@@ -236,6 +239,7 @@ class RelaySession:
 
     def authResponse(self, line: bytes) -> Reply | Deferred[Reply]:
         """A line answering our 334 challenge."""
+        assert self._sasl is not None, "only in AUTH mode"
         mechanism, challenger = self._sasl
         if line == b"*":
             self._sasl = None
@@ -248,7 +252,7 @@ class RelaySession:
         if challenger.moreChallenges():
             return Reply.of(334, None, encodeChallenge(challenger.getChallenge()))
         self._sasl = None
-        return Deferred.fromCoroutine(self._authenticate(mechanism, challenger))
+        return Deferred.fromCoroutine(self._authenticate(mechanism, cast(IUsernamePassword, challenger)))
 
     def _tenantFor(self, avatarId: str | bytes):
         """
@@ -281,7 +285,7 @@ class RelaySession:
     async def _verify(self, mechanism: str, credentials: IUsernamePassword) -> Reply:
         username = credentials.username.decode("utf-8", "replace")
         try:
-            avatarId = await self._ctx.checker.requestAvatarId(credentials)
+            avatarId = cast("str | bytes", await self._ctx.checker.requestAvatarId(credentials))
         except UnauthorizedLogin:
             return await self._authFailed(mechanism, username, "bad credentials")
         except Exception:
@@ -294,9 +298,9 @@ class RelaySession:
         verdict = await settle(self._ctx.policies.check("auth", self.client, username))
         if verdict.refuses:
             self.client.tenant, self.client.username = self._networkTenant, None
-            if verdict.reply.code == 535:
+            if verdict.refusal.code == 535:
                 return await self._authFailed(mechanism, username, "refused by policy")
-            return verdict.reply
+            return verdict.refusal
         self._ctx.reporter.auth(mechanism, True)
         self.log.info(
             "{session} authenticated {username} as tenant {tenant}",
@@ -350,7 +354,7 @@ class RelaySession:
             return problem
         self._transaction = Transaction(newQueueId(), sender, parameters)
         self.transactions += 1
-        return Deferred.fromCoroutine(self._mail(self._transaction))
+        return Deferred.fromCoroutine(self._mail(self.client.tenant, self._transaction))
 
     def _checkMailParameters(self, parameters: dict[str, str | None]) -> Reply | None:
         for key, value in parameters.items():
@@ -367,18 +371,18 @@ class RelaySession:
                 return Reply.of(555, "5.5.4", f"Unsupported parameter {key}")
         return None
 
-    async def _mail(self, transaction: Transaction) -> Reply:
+    async def _mail(self, tenant: Tenant, transaction: Transaction) -> Reply:
         verdict = await settle(self._ctx.policies.check("mailFrom", self.client, transaction))
         if verdict.refuses:
-            return self._finishTransaction(transaction, verdict.reply)
+            return self._finishTransaction(transaction, verdict.refusal)
         sender = "" if transaction.sender is None else str(transaction.sender)
         try:
-            upstream, reply = await self._ctx.upstreams.begin(self.client.tenant, sender, transaction.parameters)
+            upstream, reply = await self._ctx.upstreams.begin(tenant, sender, transaction.parameters)
         except UpstreamError as e:
             self.log.warn(
                 "{queueId} no upstream for {tenant}: {error}",
                 queueId=transaction.queueId,
-                tenant=self.client.tenant.name,
+                tenant=tenant.name,
                 error=e,
             )
             return self._finishTransaction(transaction, NO_UPSTREAM)
@@ -406,7 +410,7 @@ class RelaySession:
         return self._finishTransaction(transaction, UPSTREAM_LOST, reusable=False)
 
     def do_RCPT(self, arg: str) -> Reply | Deferred[Reply]:
-        if self._transaction is None:
+        if self._transaction is None or self._upstream is None:  # the upstream is known once MAIL succeeded
             return NEED_MAIL
         m = _RCPT.fullmatch(arg)
         if m is None or (m.group(2) and not m.group(2).startswith(" ")):
@@ -425,7 +429,7 @@ class RelaySession:
     async def _rcpt(self, transaction: Transaction, upstream: Lease, recipient) -> Reply:
         verdict = await settle(self._ctx.policies.check("rcptTo", self.client, transaction, recipient))
         if verdict.refuses:
-            return self._recipientRefused(verdict.reply)
+            return self._recipientRefused(verdict.refusal)
         try:
             reply = await upstream.rcptTo(str(recipient), {})
         except UpstreamError as e:
@@ -436,14 +440,14 @@ class RelaySession:
         return self._recipientRefused(reply)
 
     def _recipientRefused(self, reply: Reply) -> Reply:
-        tenant = self.client.tenant.name
+        tenant = self.client.tenant.name if self.client.tenant is not None else "-"
         self._ctx.reporter.metrics.recipients.labels(tenant, "tempfailed" if reply.transient else "rejected").inc()
         return reply
 
     def do_DATA(self, arg: str) -> Reply | Deferred[Reply]:
         if arg:
             return NO_PARAMETERS
-        if self._transaction is None:
+        if self._transaction is None or self._upstream is None:
             return NEED_MAIL
         if not self._transaction.recipients:
             return NO_RECIPIENTS
@@ -473,13 +477,18 @@ class RelaySession:
 
     def messageData(self, content: bytes) -> None:
         """Message bytes between our 354 and the final dot, un-dot-stuffed."""
+        assert self._stream is not None, "after our 354"
         self._stream.write(content)
 
     def endOfData(self, error: DataError | None) -> Deferred[Reply]:
         """The final dot arrived; C{error} is what the framing check found."""
-        return Deferred.fromCoroutine(self._endOfData(self._transaction, self._upstream, self._stream, error))
+        transaction, upstream, stream = self._transaction, self._upstream, self._stream
+        assert transaction is not None and upstream is not None and stream is not None, "after our 354"
+        return Deferred.fromCoroutine(self._endOfData(transaction, upstream, stream, error))
 
-    async def _endOfData(self, transaction, upstream, stream: MessageStream, error: DataError | None) -> Reply:
+    async def _endOfData(
+        self, transaction: Transaction, upstream: Lease, stream: MessageStream, error: DataError | None
+    ) -> Reply:
         if error is not None:
             # The framing was refused: no policy needs to see the rest.
             reply, rule = DATA_ERRORS[error]
@@ -491,7 +500,7 @@ class RelaySession:
             self._ctx.reporter.upstreamError(upstream.upstreamType, stream.upstreamFailure)
         if refusal is None:
             verdict = await settle(self._ctx.policies.check("endOfData", self.client, transaction))
-            refusal = verdict.reply if verdict.refuses else None
+            refusal = verdict.refusal if verdict.refuses else None
         if refusal is not None:
             return self._finishTransaction(transaction, finalReply([refusal], transaction.queueId), reusable=False)
         stream.stop()

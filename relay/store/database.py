@@ -55,8 +55,7 @@ def openEngine(url: str) -> Engine:
         raise Invalid(f"invalid database URL: {e}") from None
     if parsed.drivername not in _DRIVERS:
         raise Invalid(
-            f"unsupported database {parsed.drivername!r}: "
-            "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
+            f"unsupported database {parsed.drivername!r}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
         )
     parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
     if parsed.get_backend_name() == "sqlite":

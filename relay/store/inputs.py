@@ -9,9 +9,9 @@ import ipaddress
 import re
 
 from relay.core.orgid import normaliseOrgId
+from relay.core.tenant import Rate
 from relay.store.errors import Invalid
 from relay.store.models import ACTIVE, SUSPENDED
-from relay.core.tenant import Rate
 
 __all__ = [
     "blockedDomain",
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4 addresses as IPv6 sockets see them, RFC 4291 §2.5.5.2
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4 addresses as IPv6 sockets see them, RFC 4291 §2.5.5.2
 
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -123,9 +123,7 @@ def senderDomain(text: str) -> str:
     """
     domain = text.strip().lower()
     if not _isHostname(domain.removeprefix("*.")):
-        raise Invalid(
-            f"invalid sender domain {text!r}: expected a domain name such as example.com or *.example.com"
-        )
+        raise Invalid(f"invalid sender domain {text!r}: expected a domain name such as example.com or *.example.com")
     return domain
 
 
@@ -154,7 +152,7 @@ def network(text: str) -> IPNetwork:
         meant = ipaddress.ip_network(address, strict=False)
     except ValueError:
         raise Invalid(f"invalid network {text!r}: expected CIDR such as 192.0.2.0/24 or 2001:db8::/48") from None
-    if meant.version == 6 and meant.subnet_of(IPV4_MAPPED):
+    if isinstance(meant, ipaddress.IPv6Network) and meant.subnet_of(IPV4_MAPPED):
         mapped = ipaddress.ip_network(f"{meant.network_address.ipv4_mapped}/{meant.prefixlen - 96}")
         raise Invalid(f"invalid network {text!r}: IPv4 clients are listed as IPv4 networks; did you mean {mapped}?")
     if meant.network_address != ipaddress.ip_address(address.partition("/")[0]):

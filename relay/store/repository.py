@@ -15,13 +15,15 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import CursorResult, Engine, Result, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relay.auth import passwords
 from relay.core import tenant as tenants
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
 from relay.store import inputs, networkrules
 from relay.store.database import snapshotEngine
 from relay.store.errors import Conflict, Invalid, NotFound, UndecryptableSecret
@@ -38,11 +40,17 @@ from relay.store.models import (
 )
 from relay.store.secrets import KeyRing
 from relay.store.usage import addUsage, readUsage
-from relay.store.values import NetworkInfo, SecretRotation, TenantDetails, TenantExport, TenantInfo, UpstreamInfo
+from relay.store.values import (
+    NetworkInfo,
+    SecretRotation,
+    TenantDetails,
+    TenantExport,
+    TenantInfo,
+    UpstreamInfo,
+    UsageDelta,
+    UsageRow,
+)
 from relay.store.views import details, relayTenant, tenantInfo, upstreamInfo
-from relay.core.tenant import Rate
-from relay.core.urls import UpstreamURL
-from relay.store.values import UsageDelta, UsageRow
 
 __all__ = ["Store"]
 
@@ -55,12 +63,14 @@ def _withoutPassword(message: str) -> str:
     return _QUOTED_PASSWORD.sub(r"\1***@", message)
 
 
-def _rateColumns(prefix: str, rate: Rate | None) -> dict[str, int | None]:
+def _rateColumns(prefix: str, rate: Rate | None) -> dict[str, object]:
     """The count and period columns of a rate (C{None}: neither set)."""
-    return {f"{prefix}_count": rate and rate.count, f"{prefix}_seconds": rate and rate.seconds}
+    if rate is None:
+        return {f"{prefix}_count": None, f"{prefix}_seconds": None}
+    return {f"{prefix}_count": rate.count, f"{prefix}_seconds": rate.seconds}
 
 
-def _allowBounces(value: object) -> dict[str, bool]:
+def _allowBounces(value: object) -> dict[str, object]:
     if not isinstance(value, bool):
         raise Invalid(f"invalid bounce setting {value!r}: expected yes or no")
     return {"allow_bounces": value}
@@ -201,7 +211,7 @@ class Store:
         with self._changing() as session:
             tenantId = _findTenant(session, name).id
             deleted = {
-                table.name: session.execute(delete(table).where(table.c.tenant_id == tenantId)).rowcount
+                table.name: _rowcount(session.execute(delete(table).where(table.c.tenant_id == tenantId)))
                 for table in reversed(Base.metadata.sorted_tables)
                 if "tenant_id" in table.c
             }
@@ -250,11 +260,13 @@ class Store:
         if passwords.needsRehash(newHash):
             raise Invalid("the new password hash is not a hash of the current parameters")
         with self._changing(bump=False) as session:
-            replaced = session.execute(
-                update(Login)
-                .where(Login.username == username, Login.password_hash == oldHash)
-                .values(password_hash=newHash)
-            ).rowcount
+            replaced = _rowcount(
+                session.execute(
+                    update(Login)
+                    .where(Login.username == username, Login.password_hash == oldHash)
+                    .values(password_hash=newHash)
+                )
+            )
             if replaced:
                 _bump(session)
         return bool(replaced)
@@ -326,6 +338,8 @@ class Store:
         with self._changing(bump=False) as session:
             records = session.scalars(select(UpstreamRecord).where(UpstreamRecord.secret.is_not(None)))
             for record in records:
+                if record.secret is None:
+                    continue
                 try:
                     record.secret = self._keyRing.reencrypt(record.secret)
                 except UndecryptableSecret:
@@ -435,7 +449,7 @@ class Store:
         model = column.class_
         with self._changing() as session:
             owner = _findTenant(session, tenant)
-            if not session.execute(delete(model).where(model.tenant_id == owner.id, column == value)).rowcount:
+            if not _rowcount(session.execute(delete(model).where(model.tenant_id == owner.id, column == value))):
                 raise NotFound(f"tenant {tenant!r} has no {what} {value!r}")
         return value
 
@@ -469,7 +483,7 @@ class Store:
     def generation(self) -> int:
         """The store generation: it increases with every change of configuration."""
         with Session(self._engine) as session, session.begin():
-            return session.scalar(select(StoreGeneration.value))
+            return session.scalars(select(StoreGeneration.value)).one()
 
     def loadSnapshot(self) -> tenants.Snapshot:
         """
@@ -483,7 +497,7 @@ class Store:
         """
         problems: list[str] = []
         with Session(self._snapshotEngine) as session, session.begin():
-            generation = session.scalar(select(StoreGeneration.value))
+            generation = session.scalars(select(StoreGeneration.value)).one()
             rows = session.scalars(
                 select(Tenant).options(
                     selectinload(Tenant.upstreams),
@@ -502,7 +516,6 @@ class Store:
         return tenants.Snapshot(generation=generation, tenants=loaded, logins=logins, problems=tuple(problems))
 
 
-
 def _upstreamSelector(upstream: str) -> tuple[str, Callable[[UpstreamRecord], bool]]:
     """
     How to show, and how to find, the upstream an operator names: by id
@@ -519,6 +532,11 @@ def _upstreamSelector(upstream: str) -> tuple[str, Callable[[UpstreamRecord], bo
         raise Invalid(_withoutPassword(str(e))) from None
     stored = parsed.withoutPassword().unparse()
     return parsed.redacted(), lambda record: record.url == stored
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """How many rows a DML statement touched (its result is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _bump(session: Session, by: int = 1) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date
+from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Date, Insert, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,9 +47,9 @@ def _summed(deltas: Iterable[UsageDelta]) -> list[dict[str, object]]:
         if min(counts) < 0:
             raise Invalid(f"negative usage {delta}")
         total = totals[delta.tenant, delta.day]
-        total[:] = map(sum, zip(total, counts))
+        total[:] = map(sum, zip(total, counts, strict=True))
     return [
-        {"tenant": tenant, "day": day, **dict(zip(_COLUMNS.values(), counts))}
+        {"tenant": tenant, "day": day, **dict(zip(_COLUMNS.values(), counts, strict=True))}
         for (tenant, day), counts in sorted(totals.items())
     ]
 
@@ -63,7 +64,8 @@ def _upsert(dialect: str) -> Insert:
     source = select(
         Tenant.id, bindparam("day", type_=Date), *[bindparam(column, type_=BigInteger) for column in columns]
     ).where(Tenant.name == bindparam("tenant"))
-    statement = _INSERTS[dialect](Usage).from_select(["tenant_id", "day", *columns], source)
+    # Both dialects' inserts have on_conflict_do_update and excluded; their common base does not.
+    statement: Any = _INSERTS[dialect](Usage).from_select(["tenant_id", "day", *columns], source)
     return statement.on_conflict_do_update(
         index_elements=[Usage.tenant_id, Usage.day],
         set_={column: getattr(Usage, column) + statement.excluded[column] for column in columns},

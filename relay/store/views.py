@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from typing import Any
 
 from relay.core import tenant as tenants
+from relay.core.tenant import Rate
+from relay.core.urls import UpstreamURL
 from relay.store.errors import UndecryptableSecret
 from relay.store.models import ACTIVE, Tenant, UpstreamRecord
 from relay.store.secrets import KeyRing
 from relay.store.values import LoginInfo, NetworkInfo, TenantDetails, TenantInfo, UpstreamInfo
-from relay.core.tenant import Rate
-from relay.core.urls import UpstreamURL
 
 __all__ = ["details", "relayTenant", "tenantInfo", "upstreamInfo"]
 
 
-def _tenantFields(tenant: Tenant) -> dict[str, object]:
+def _tenantFields(tenant: Tenant) -> dict[str, Any]:
     return {
         "name": tenant.name,
         "email": tenant.email,
@@ -32,10 +33,10 @@ def _tenantFields(tenant: Tenant) -> dict[str, object]:
 
 
 def _rate(count: int | None, seconds: int | None) -> Rate | None:
-    return None if count is None else Rate(count, seconds)
+    return None if count is None or seconds is None else Rate(count, seconds)
 
 
-def _limits(tenant: Tenant) -> dict[str, object]:
+def _limits(tenant: Tenant) -> dict[str, Any]:
     """A tenant's limits and settings, by their names in L{TenantDetails} and L{relay.core.tenant.Tenant}."""
     return {
         "maxSize": tenant.max_size,

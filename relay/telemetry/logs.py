@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent
@@ -28,7 +28,7 @@ _PLAIN = (str, int, float, bool, type(None))
 
 def _record(event: dict) -> str:
     record = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(timespec="milliseconds"),
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(timespec="milliseconds"),
         "level": event["log_level"].name if "log_level" in event else "info",
         "namespace": event.get("log_namespace"),
         "text": formatEvent(event),

@@ -10,7 +10,7 @@ imports the global reactor).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -40,6 +40,9 @@ class _Page(Resource):
     """
 
     isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        raise NotImplementedError
 
     def render_HEAD(self, request: Request) -> bytes:
         body = self.render_GET(request)
@@ -131,7 +134,7 @@ class _QuietSite(Site):
     noisy = False
     displayTracebacks = False  # Site's default, stated: a traceback would leak to any scraper
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Request) -> None:  # type: ignore[override]  # Twisted's stubs disagree with its own Site
         pass
 
 

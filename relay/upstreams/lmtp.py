@@ -33,14 +33,15 @@ import os
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
 from relay.core.reply import Reply
+from relay.core.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
 from relay.seams.upstream import UpstreamContext
 from relay.upstreams.smtp import connectSMTP, replyTimeout, tcpEndpoint, validateOptions, validateServerURL
 from relay.upstreams.smtpclient import SMTPSession
-from relay.core.urls import UpstreamURL
 
 __all__ = ["LMTPSession", "LMTPUpstreamType"]
 
@@ -101,11 +102,10 @@ class LMTPUpstreamType:
 
     def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[LMTPSession]:
         local = url.scheme == "lmtp+unix"
+        endpoint: IStreamClientEndpoint
         if local:
             endpoint, peer = UNIXClientEndpoint(context.reactor, url.path, replyTimeout(url, context)), url.path
         else:
             endpoint, peer = tcpEndpoint(url, context)
         greet = b"LHLO " + context.hostname.encode("ascii")
-        return Deferred.fromCoroutine(
-            connectSMTP(endpoint, peer, url, context, greet, LMTPSession, startTLS=not local)
-        )
+        return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, greet, LMTPSession, startTLS=not local))

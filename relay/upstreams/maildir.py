@@ -15,15 +15,16 @@ import os
 import socket
 import time
 from itertools import count
+from typing import BinaryIO
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.core.reply import Reply
-from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.core.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
+from relay.seams.upstream import UpstreamContext, UpstreamError
 
 __all__ = ["MaildirUpstreamType"]
 
@@ -63,7 +64,7 @@ class MaildirSession:
     def __init__(self, root: str, context: UpstreamContext):
         self._root = root
         self._context = context
-        self._file = None
+        self._file: BinaryIO | None = None
         self._name = ""
         self._sender = ""
 
@@ -76,11 +77,12 @@ class MaildirSession:
 
     def data(self) -> Deferred[Reply]:
         self._name = _uniqueName()
-        self._file = open(os.path.join(self._root, "tmp", self._name), "xb")
-        self._file.write(f"Return-Path: <{self._sender}>\r\n".encode("ascii"))
+        self._file = file = open(os.path.join(self._root, "tmp", self._name), "xb")  # noqa: SIM115 (closed by _commit or abort)
+        file.write(f"Return-Path: <{self._sender}>\r\n".encode("ascii"))
         return succeed(Reply.of(354, None, "Go ahead"))
 
     def write(self, data: bytes) -> None:
+        assert self._file is not None, "writes follow data()"
         self._file.write(data)
 
     def registerProducer(self, producer, streaming: bool) -> None:

@@ -114,18 +114,24 @@ class Lease:
             return failure
         self._failed = True
         self.log.failure("upstream type {type} failed in {method}", failure, type=self.upstreamType, method=method)
-        raise UpstreamError("protocol", f"upstream type {self.upstreamType} failed in {method}: {failure.getErrorMessage()}")
+        raise UpstreamError(
+            "protocol", f"upstream type {self.upstreamType} failed in {method}: {failure.getErrorMessage()}"
+        )
 
     def _reply(self, reply: object, method: str) -> Reply:
         if not isinstance(reply, Reply):
             self._failed = True
-            raise UpstreamError("protocol", f"upstream type {self.upstreamType} answered {method} with {reply!r}, not a Reply")
+            raise UpstreamError(
+                "protocol", f"upstream type {self.upstreamType} answered {method} with {reply!r}, not a Reply"
+            )
         return reply
 
     def _replies(self, replies: object) -> list[Reply]:
         if not isinstance(replies, (list, tuple)) or not replies or not all(isinstance(r, Reply) for r in replies):
             self._failed = True
-            raise UpstreamError("protocol", f"upstream type {self.upstreamType} answered end with {replies!r}, not replies")
+            raise UpstreamError(
+                "protocol", f"upstream type {self.upstreamType} answered end with {replies!r}, not replies"
+            )
         return list(replies)
 
 
@@ -234,7 +240,9 @@ class UpstreamPool:
                 conformance(IUpstreamSession, session)
             except PluginError as e:
                 session.abort()
-                raise UpstreamError("nonconforming", f"upstream type {kind.name} gave a session it cannot use: {e}")
+                raise UpstreamError(
+                    "nonconforming", f"upstream type {kind.name} gave a session it cannot use: {e}"
+                ) from None
             lease = Lease(session, url, kind.name)
             self._leases.add(lease)
             elapsed = self._context.reactor.seconds() - started
@@ -245,8 +253,12 @@ class UpstreamPool:
         def failed(failure):
             self._closed(url)
             if not failure.check(UpstreamError):
-                self.log.failure("upstream type {type} failed to open {url}", failure, type=kind.name, url=url.redacted())
-                failure = Failure(UpstreamError("protocol", f"upstream type {kind.name} failed: {failure.getErrorMessage()}"))
+                self.log.failure(
+                    "upstream type {type} failed to open {url}", failure, type=kind.name, url=url.redacted()
+                )
+                failure = Failure(
+                    UpstreamError("protocol", f"upstream type {kind.name} failed: {failure.getErrorMessage()}")
+                )
             self._reporter.upstreamError(kind.name, failure.value.kind)
             return failure
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from base64 import b64encode
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -29,11 +30,13 @@ from twisted.internet.ssl import (
 )
 from zope.interface import implementer
 
+from relay.core.tls import MINIMUM_TLS, pemCertificates, tlsVersion
+from relay.core.urls import UpstreamURL
 from relay.seams.interfaces import IUpstreamType
-from relay.core.tls import MINIMUM_TLS, pemCertificates
 from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.smtpclient import SMTPClientProtocol, SMTPSession
-from relay.core.urls import UpstreamURL
+
+S = TypeVar("S", bound=SMTPSession)
 
 __all__ = [
     "SMTPUpstreamType",
@@ -122,9 +125,7 @@ async def _ehlo(protocol: SMTPClientProtocol, greet: bytes) -> dict[str, str]:
     """Say EHLO (or LHLO), falling back to HELO; return the extensions."""
     reply = await protocol.send(greet)
     if reply.code == 250:
-        return {
-            words[0].upper(): " ".join(words[1:]) for words in (line.split() for line in reply.lines[1:]) if words
-        }
+        return {words[0].upper(): " ".join(words[1:]) for words in (line.split() for line in reply.lines[1:]) if words}
     if greet.startswith(b"EHLO"):
         reply = await protocol.send(b"HELO" + greet[4:])
         if reply.code == 250:
@@ -136,7 +137,7 @@ async def _authenticate(protocol: SMTPClientProtocol, extensions: dict[str, str]
     """AUTH PLAIN or LOGIN with the URL's credentials (RFC 4954)."""
     offered = extensions.get("AUTH", "").upper().split()
     mechanism = url.options.get("auth") or ("login" if "LOGIN" in offered and "PLAIN" not in offered else "plain")
-    user = url.username.encode("utf-8")
+    user = (url.username or "").encode("utf-8")
     password = (url.password or "").encode("utf-8")
     if mechanism == "plain":
         reply = await protocol.send(b"AUTH PLAIN " + b64encode(b"\0" + user + b"\0" + password))
@@ -156,9 +157,9 @@ async def connectSMTP(
     url: UpstreamURL,
     context: UpstreamContext,
     greet: bytes,
-    session: type[SMTPSession] = SMTPSession,
+    session: type[S],
     startTLS: bool = True,
-) -> SMTPSession:
+) -> S:
     """
     Connect, read the greeting, say EHLO (or LHLO), negotiate TLS as the URL
     asks and authenticate; shared by the SMTP and LMTP types.
@@ -198,7 +199,7 @@ async def connectSMTP(
     except UpstreamError:
         protocol.abort("setup failed")
         raise
-    tls = protocol.transport.getHandle().get_protocol_version_name() if secure else None
+    tls = tlsVersion(protocol.transport) if secure else None
     return session(protocol, extensions, tls)
 
 
@@ -213,8 +214,7 @@ class SMTPUpstreamType:
         validateServerURL(url, self.schemes, "SMTP")
 
     def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[SMTPSession]:
-        endpoint, peer = tcpEndpoint(url, context)
-        if url.scheme == "smtps":
-            endpoint = wrapClientTLS(clientTLSOptions(url), endpoint)
+        tcp, peer = tcpEndpoint(url, context)
+        endpoint = wrapClientTLS(clientTLSOptions(url), tcp) if url.scheme == "smtps" else tcp
         greet = b"EHLO " + context.hostname.encode("ascii")
-        return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, greet))
+        return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, greet, SMTPSession))

@@ -16,13 +16,14 @@ from collections import deque
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS
 from relay.core.reply import Reply
 from relay.core.twistedprivate import noDelay, writeNow
+from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS
+from relay.seams.types import IStreamTransport
 from relay.seams.upstream import UpstreamError
 
 __all__ = ["SMTPClientProtocol", "SMTPSession"]
@@ -43,6 +44,8 @@ class SMTPClientProtocol(Protocol):
     @ivar greeting: fires with the server's greeting reply.
     """
 
+    transport: IStreamTransport
+
     def __init__(self, clock: IReactorTime, timeout: float):
         self._clock = clock
         self._timeout = timeout
@@ -57,7 +60,7 @@ class SMTPClientProtocol(Protocol):
 
     @property
     def alive(self) -> bool:
-        return self._error is None and self.connected
+        return self._error is None and bool(self.connected)
 
     def connectionMade(self) -> None:
         noDelay(self.transport)
@@ -153,7 +156,7 @@ class SMTPClientProtocol(Protocol):
             d, _ = self._waiting.popleft()
             d.errback(Failure(self._error))
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         if reason.check(TLSError):
             self._failAll(UpstreamError("tls", f"TLS failed: {reason.getErrorMessage()}"))
@@ -185,10 +188,11 @@ class SMTPSession:
     def _parameters(self, parameters: dict[str, str | None]) -> bytes:
         """The MAIL parameters this upstream understands."""
         passed = []
-        if "SIZE" in parameters and "SIZE" in self.extensions:
-            passed.append(b" SIZE=" + parameters["SIZE"].encode("ascii"))
-        if "BODY" in parameters and "8BITMIME" in self.extensions:
-            passed.append(b" BODY=" + parameters["BODY"].encode("ascii"))
+        size, body = parameters.get("SIZE"), parameters.get("BODY")
+        if size is not None and "SIZE" in self.extensions:
+            passed.append(b" SIZE=" + size.encode("ascii"))
+        if body is not None and "8BITMIME" in self.extensions:
+            passed.append(b" BODY=" + body.encode("ascii"))
         return b"".join(passed)
 
     def mailFrom(self, sender: str, parameters: dict[str, str | None]) -> Deferred[Reply]:

@@ -63,11 +63,12 @@ from __future__ import annotations
 import enum
 from base64 import b64encode
 from dataclasses import replace
+from typing import cast
 
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -75,18 +76,18 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.core.reply import Reply
+from relay.core.urls import UpstreamURL
+from relay.seams.interfaces import IUpstreamSession, IUpstreamType
 from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.upstreams.smtp import clientTLSOptions, replyTimeout, validateOptions
-from relay.core.urls import UpstreamURL
 
 __all__ = ["PostState", "WebhookSession", "WebhookUpstreamType", "replyForStatus"]
 
 OPTIONS = frozenset({"timeout", "verify", "ca"})
 TEMPORARY_4XX = frozenset({401, 408, 429})  # our credentials, its timeout, its rate limit
 IDLE_CONNECTIONS = 10  # per hook: enough for a busy tenant's concurrent messages
-IDLE_SECONDS = 4.0  # below common keep-alive timeouts (Node.js, Apache: 5 s)
+IDLE_SECONDS = 4  # below common keep-alive timeouts (Node.js, Apache: 5 s)
 CONTENT_TYPE = b"message/rfc822"
 MAIL_OK = Reply.of(250, "2.1.0", "Ok")
 RCPT_OK = Reply.of(250, "2.1.5", "Ok")
@@ -205,15 +206,15 @@ class _Post:
         self._update()
 
     def unregisterProducer(self) -> None:
-        if self._holding:
+        producer, self._producer = self._producer, None
+        if self._holding and producer is not None:
             self._holding = False
-            self._producer.resumeProducing()
-        self._producer = None
+            producer.resumeProducing()
 
     def write(self, data: bytes) -> None:
         if self.state in (PostState.CONNECTING, PostState.CONNECTING_ENDED):
             self._pending.append(data)
-        elif self.state in (PostState.STREAMING, PostState.PAUSED):
+        elif self._consumer is not None and self.state in (PostState.STREAMING, PostState.PAUSED):
             self._consumer.write(data)
 
     def finish(self) -> Deferred[list[Reply]]:
@@ -225,11 +226,13 @@ class _Post:
         """
         if self.state is PostState.CONNECTING:
             self._enter(PostState.CONNECTING_ENDED)
-        elif self.state in (PostState.STREAMING, PostState.PAUSED):
+        elif self._body is not None and self.state in (PostState.STREAMING, PostState.PAUSED):
             self._enter(PostState.ANSWERING)
             self._body.callback(None)
-        if self.done:
-            return fail(self.error) if self.error is not None else succeed([self.reply])
+        if self.reply is not None:
+            return succeed([self.reply])
+        if self.error is not None:
+            return fail(self.error)
         self._waiter = Deferred()
         return self._waiter
 
@@ -356,17 +359,22 @@ class WebhookSession:
         self._post = _Post(self._agent, self._uri, headers, self._clock, self._timeout)
         return succeed(GO_AHEAD)
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self._post.registerProducer(producer)
+    @property
+    def _current(self) -> _Post:
+        assert self._post is not None, "between data() and end()"
+        return self._post
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._current.registerProducer(cast(IPushProducer, producer))  # the relay's producer streams
 
     def unregisterProducer(self) -> None:
-        self._post.unregisterProducer()
+        self._current.unregisterProducer()
 
     def write(self, data: bytes) -> None:
-        self._post.write(data)
+        self._current.write(data)
 
     def end(self) -> Deferred[list[Reply]]:
-        post, self._post = self._post, None
+        post, self._post = self._current, None
         return post.finish()
 
     def abort(self) -> None:

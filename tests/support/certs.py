@@ -156,15 +156,13 @@ def _subject(name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
 
 
-def _builder(
-    name: str, key: ec.EllipticCurvePrivateKey, hostnames, ips, expired: bool
-) -> x509.CertificateBuilder:
+def _builder(name: str, key: ec.EllipticCurvePrivateKey, hostnames, ips, expired: bool) -> x509.CertificateBuilder:
     """
     The parts every certificate here shares: subject, key, serial, validity,
     subject key identifier and, for leaves (any C{hostnames} or C{ips}), the
     subjectAltName and server/client extended key usage.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = (now - 2 * _VALIDITY, now - datetime.timedelta(days=1)) if expired else (now - _SKEW, now + _VALIDITY)
     builder = (
         x509.CertificateBuilder()

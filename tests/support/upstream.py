@@ -48,8 +48,8 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from tests.support.certs import CertPaths
 
@@ -59,9 +59,7 @@ HOST = "127.0.0.1"
 MAX_COMMAND_LINE = 4096
 JOIN_TIMEOUT = 5.0
 GARBAGE = b"HTTP/1.1 400 Bad Request"
-VERBS = frozenset(
-    "CONNECT EHLO HELO LHLO STARTTLS AUTH MAIL RCPT DATA EOD RSET NOOP QUIT VRFY EXPN HELP BDAT".split()
-)
+VERBS = frozenset("CONNECT EHLO HELO LHLO STARTTLS AUTH MAIL RCPT DATA EOD RSET NOOP QUIT VRFY EXPN HELP BDAT".split())
 _OTHER_GREETINGS = {False: frozenset({"LHLO"}), True: frozenset({"EHLO", "HELO"})}  # by lmtp
 _PATH = re.compile(r"(?i)^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$")
 _STUFFED_DOT = re.compile(rb"(^|\r\n)\.")
@@ -263,7 +261,12 @@ class UpstreamServer:
     # -- fault scripting -------------------------------------------------
 
     def setReply(
-        self, verb: str, reply: str | bytes, *, match: str | None = None, nth: int | None = None,
+        self,
+        verb: str,
+        reply: str | bytes,
+        *,
+        match: str | None = None,
+        nth: int | None = None,
         times: int | None = None,
     ) -> None:
         """
@@ -274,14 +277,24 @@ class UpstreamServer:
         self._addRule("reply", verb, _wire(reply), match, nth, times)
 
     def setGarbage(
-        self, verb: str, line: str | bytes = GARBAGE, *, match: str | None = None, nth: int | None = None,
+        self,
+        verb: str,
+        line: str | bytes = GARBAGE,
+        *,
+        match: str | None = None,
+        nth: int | None = None,
         times: int | None = None,
     ) -> None:
         """Answer C{verb} with a line that is not an SMTP reply."""
         self._addRule("reply", verb, _wire(line), match, nth, times)
 
     def setDelay(
-        self, verb: str, seconds: float, *, match: str | None = None, nth: int | None = None,
+        self,
+        verb: str,
+        seconds: float,
+        *,
+        match: str | None = None,
+        nth: int | None = None,
         times: int | None = None,
     ) -> None:
         """Wait C{seconds} before replying at C{verb} (cut short by close)."""
@@ -289,16 +302,20 @@ class UpstreamServer:
             raise ValueError("negative delay")
         self._addRule("delay", verb, float(seconds), match, nth, times)
 
-    def setHang(
-        self, verb: str, *, match: str | None = None, nth: int | None = None, times: int | None = None
-    ) -> None:
+    def setHang(self, verb: str, *, match: str | None = None, nth: int | None = None, times: int | None = None) -> None:
         """Never reply at C{verb}: keep the connection open until close or
         C{timeout} seconds, then close it."""
         self._addRule("hang", verb, True, match, nth, times)
 
     def setDropAfter(
-        self, verb: str, *, afterBytes: int | None = None, reset: bool = False, match: str | None = None,
-        nth: int | None = None, times: int | None = None,
+        self,
+        verb: str,
+        *,
+        afterBytes: int | None = None,
+        reset: bool = False,
+        match: str | None = None,
+        nth: int | None = None,
+        times: int | None = None,
     ) -> None:
         """
         Close the connection right after sending the reply at C{verb}, or,
@@ -384,8 +401,9 @@ class UpstreamServer:
             while not predicate(self):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"upstream: timed out after {timeout}s waiting for {what or predicate}; "
-                                         f"{self.describe()}")
+                    raise AssertionError(
+                        f"upstream: timed out after {timeout}s waiting for {what or predicate}; {self.describe()}"
+                    )
                 self._cond.wait(remaining)
 
     def waitForMessages(self, n: int, timeout: float = 5.0) -> list[Received]:
@@ -655,7 +673,8 @@ class _Session:
             self.sock.do_handshake()
         except OSError as e:
             if not self.server._stop.is_set():
-                self.server._update(lambda: self.server._tlsErrors.append(f"connection {self.index}: {e}"))
+                error = f"connection {self.index}: {e}"
+                self.server._update(lambda: self.server._tlsErrors.append(error))
             raise _Closed() from e
         self.tls = True
 
@@ -671,7 +690,9 @@ class _Session:
                 default = str(e)
             else:
                 good = (user, password) == tuple(self.server.auth)
-                default = "235 2.7.0 Authentication successful" if good else "535 5.7.8 Authentication credentials invalid"
+                default = (
+                    "235 2.7.0 Authentication successful" if good else "535 5.7.8 Authentication credentials invalid"
+                )
         reply = self.decide("AUTH", mechanism, default)
         if _positive(reply):
             self.user = user
@@ -811,7 +832,8 @@ class _Session:
             if self.dropPending is not None:
                 break
         if self.server.lmtp:
-            delivered = tuple(r for r, reply in zip(self.recipients, replies) if _positive(reply))
+            # replies stop early at a drop
+            delivered = tuple(r for r, reply in zip(self.recipients, replies, strict=False) if _positive(reply))
         else:
             delivered = tuple(self.recipients) if _positive(replies[0]) else ()
         self.server._settle(index, b"".join(replies), delivered)
@@ -820,9 +842,16 @@ class _Session:
 
     def transaction(self, raw: bytes, completed: bool) -> Received:
         return Received(
-            sender=self.sender or "", recipients=tuple(self.recipients), raw=raw, data=_STUFFED_DOT.sub(rb"\1", raw),
-            tls=self.tls, user=self.user, connection=self.index, completed=completed,
-            mailOptions=self.mailOptions, helo=self.helo,
+            sender=self.sender or "",
+            recipients=tuple(self.recipients),
+            raw=raw,
+            data=_STUFFED_DOT.sub(rb"\1", raw),
+            tls=self.tls,
+            user=self.user,
+            connection=self.index,
+            completed=completed,
+            mailOptions=self.mailOptions,
+            helo=self.helo,
         )
 
     def smtp_RSET(self, arg: str) -> None:

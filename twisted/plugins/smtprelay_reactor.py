@@ -3,5 +3,7 @@
 from twisted.application.reactors import Reactor
 
 smtprelayEpoll = Reactor(
-    "smtprelay-epoll", "relay.runtime.reactor", "epoll, without the legacy log context around each event (smtprelay's workers)"
+    "smtprelay-epoll",
+    "relay.runtime.reactor",
+    "epoll, without the legacy log context around each event (smtprelay's workers)",
 )

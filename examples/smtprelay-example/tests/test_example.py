@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
-
-from relay.seams.policy import PolicyContext
-from relay.testing import FakeUpstreamType, MemoryClient, fakeServerContext
-from relay.core.urls import UpstreamURL
 from smtprelay_example.pipe import PipeUpstreamType
 from smtprelay_example.subjects import SubjectFilterPolicy
+from twisted.internet.testing import MemoryReactorClock
+
+from relay.core.urls import UpstreamURL
+from relay.seams.policy import PolicyContext
+from relay.testing import FakeUpstreamType, MemoryClient, fakeServerContext
 
 
 def relayWithPolicy() -> MemoryClient:
