@@ -12,6 +12,7 @@ import ipaddress
 from base64 import b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -46,6 +47,7 @@ __all__ = [
     "InlineThreads",
     "MemoryClient",
     "fakeServerContext",
+    "tenantWith",
 ]
 
 
@@ -217,6 +219,15 @@ class FakeChecker:
         return succeed(account[1])
 
 
+def tenantWith(*urls: str, domains: frozenset[str] = frozenset({"example.com"})) -> Tenant:
+    """A tenant like L{ACME} whose upstreams are these URLs, in priority order."""
+    return Tenant(
+        "acme",
+        upstreams=tuple(Upstream(UpstreamURL.parse(url), 10 * (i + 1)) for i, url in enumerate(urls)),
+        domains=domains,
+    )
+
+
 ACME = Tenant(
     "acme",
     upstreams=(Upstream(UpstreamURL.parse("fake://primary"), 10), Upstream(UpstreamURL.parse("fake://backup"), 20)),
@@ -234,7 +245,7 @@ def _named(policies: Mapping[str, IPolicy] | Sequence[IPolicy]) -> list[tuple[st
 
 def fakeServerContext(
     reactor,
-    upstreamType: FakeUpstreamType | None = None,
+    upstreamType: IUpstreamType | None = None,
     policies: Mapping[str, IPolicy] | Sequence[IPolicy] = (),
     tenant: Tenant = ACME,
     **settings,
@@ -242,14 +253,17 @@ def fakeServerContext(
     """
     A L{ServerContext} with one tenant (L{ACME} unless given: login C{alice}
     / C{secret}, upstreams C{fake://primary} and C{fake://backup})
-    delivering to C{upstreamType}, with fresh metrics.  C{policies} run in
+    delivering to C{upstreamType} (a L{FakeUpstreamType} by default; any
+    upstream type, for the schemes it handles: see L{tenantWith}), with
+    fresh metrics.  C{policies} run in
     order, named as in a mapping (the names metrics and logs show) or after
     their class.  C{settings} override L{ServerContext} fields.
     """
     kind = upstreamType or FakeUpstreamType()
     reporter = Reporter(Metrics(processMetrics=False), AddressRedactor("full"))
-    # A pool never started: the fake type needs none (pass InlineThreads for types that do).
-    context = UpstreamContext(reactor=reactor, hostname="relay.test", threadPool=ThreadPool(0, 1), timeout=30.0)
+    # InlineThreads is its own thread pool; otherwise a pool never started (the fake type needs none).
+    pool = cast(ThreadPool, reactor) if isinstance(reactor, InlineThreads) else ThreadPool(0, 1)
+    context = UpstreamContext(reactor=reactor, hostname="relay.test", threadPool=pool, timeout=30.0)
     fields = dict(
         reactor=reactor,
         hostname="relay.test",
@@ -260,7 +274,7 @@ def fakeServerContext(
             reactor,
             onRefusal=lambda name, client, verdict: reporter.refused(name, client, verdict.refusal),
         ),
-        upstreams=UpstreamPool({"fake": kind}, context, reporter),
+        upstreams=UpstreamPool({scheme: kind for scheme in kind.schemes}, context, reporter),
         reporter=reporter,
         guard=ConnectionGuard(reactor, 100, 10, 5, MemoryAuthFailures(reactor, 900.0)),
         allowInsecureAuth=True,
@@ -303,7 +317,9 @@ class MemoryClient:
     to the protocol, what the relay answers comes back as lines.  Time is a
     C{MemoryReactorClock} (C{client.reactor.advance(seconds)}).
 
-    @param upstream: the L{FakeUpstreamType} the tenant delivers to.
+    @param upstream: the upstream type the tenant delivers to: a
+        L{FakeUpstreamType} by default, or your own (give C{tenant=
+        tenantWith("yourscheme://...")} then).
     @param address: the client's IP address.
     @param context: share this relay with other clients (C{client.context}).
     @param settings: passed to L{fakeServerContext} (C{policies=[...]},
@@ -312,7 +328,7 @@ class MemoryClient:
 
     def __init__(
         self,
-        upstream: FakeUpstreamType | None = None,
+        upstream: IUpstreamType | None = None,
         address: str = "192.0.2.7",
         context: ServerContext | None = None,
         **settings,

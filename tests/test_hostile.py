@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -199,6 +200,19 @@ def test_sigkill_mid_transfer(ca, upstreamCert, tmp_path):
         relay.stop()
 
 
+def waitUntilDraining(relay: RelayProcess, timeout: float = 10.0) -> None:
+    """Until /readyz answers 503 draining."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{relay.metricsPort}/readyz", timeout=2)
+        except urllib.error.HTTPError as e:
+            if e.code == 503 and e.read() == b"draining\n":
+                return
+        time.sleep(0.05)
+    raise AssertionError("the relay did not start draining")
+
+
 def test_sigterm_drains(ca, upstreamCert, tmp_path):
     """
     SIGTERM: idle clients get 421 4.3.2 at once, a transaction in flight
@@ -213,7 +227,7 @@ def test_sigterm_drains(ca, upstreamCert, tmp_path):
         relay.process.send_signal(signal.SIGTERM)
         assert idle.reply() == "421 4.3.2 Service shutting down, try again later"
         assert idle.closed()
-        time.sleep(0.5)  # the relay keeps the busy client while it drains
+        waitUntilDraining(relay)  # and it keeps the busy client meanwhile
         busy.send(b"second half\r\n.\r\n")
         assert busy.reply().startswith("250 2.0.0")
         assert busy.reply() == "421 4.3.2 Service shutting down, try again later"

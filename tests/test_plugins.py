@@ -1,7 +1,9 @@
 """
-Plugins as a third party ships them: the example distribution pip-installed
-into the venv is discovered and used by a running `twistd smtprelay`, and a
-plugin module that fails to import is reported by name.
+Plugins as a third party ships them: the example distribution, installed
+as its own distribution into a throwaway directory (the developer's venv is
+left alone) and put on the relay's path, is discovered and used by a
+running `twistd smtprelay`; a plugin module that fails to import, and a
+plugin that does not conform to its interface, are reported by name.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,20 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "smtprelay-examp
 
 
 @pytest.fixture(scope="session")
-def exampleInstalled():
-    """The example plugin distribution, installed into this venv as its own distribution."""
+def exampleInstalled(tmp_path_factory) -> dict[str, str]:
+    """
+    The example plugin distribution, installed (with its metadata) into a
+    directory of its own; the environment that puts it on a relay's path.
+    """
+    site = tmp_path_factory.mktemp("example-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(EXAMPLE)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site)]
+        + [str(EXAMPLE)],
         check=True,
         timeout=300,
     )
-    try:
-        return version("smtprelay-example")
-    except PackageNotFoundError:
-        pytest.fail("smtprelay-example did not install")
+    [metadata] = site.glob("smtprelay_example-*.dist-info")
+    return {"PYTHONPATH": str(site), "EXAMPLE_VERSION": metadata.name.removesuffix(".dist-info").split("-")[1]}
 
 
 def listPlugins(**environment) -> str:
@@ -47,8 +51,10 @@ def listPlugins(**environment) -> str:
 
 def test_list_plugins_shows_origin(exampleInstalled):
     """--list-plugins prints built-in and third-party plugins with their distribution."""
-    output = listPlugins()
-    assert f"smtprelay_example.pipe.PipeUpstreamType (smtprelay-example {exampleInstalled})" in output
+    output = listPlugins(**exampleInstalled)
+    assert (
+        f"smtprelay_example.pipe.PipeUpstreamType (smtprelay-example {exampleInstalled['EXAMPLE_VERSION']})" in output
+    )
     assert "subject-filter" in output and "smtprelay_example.subjects.SubjectFilterPolicy" in output
     assert "relay.upstreams.smtp.SMTPUpstreamType (smtprelay " in output
     assert "tenants" in output and "BROKEN" not in output
@@ -56,10 +62,11 @@ def test_list_plugins_shows_origin(exampleInstalled):
 
 def test_example_plugins_used_by_running_relay(exampleInstalled, ca, tmp_path):
     """A relay started after the install delivers through the example upstream and runs its policy."""
-    relay = RelayProcess(tmp_path / "relay", ca)
+    relay = RelayProcess(tmp_path / "relay", ca, environment=exampleInstalled)
     try:
         out = tmp_path / "delivered.eml"
-        account = relay.addTenant("example", f"pipe:///usr/bin/tee?arg={out}")
+        # The example is on the relay's path, not this process's: the relay checks the URL when it loads it.
+        account = relay.addTenant("example", f"pipe:///usr/bin/tee?arg={out}", validate=lambda url: None)
         message = b"From: a@example.com\r\nSubject: via pipe\r\n\r\nhello\r\n"
         with relay.connect(account) as client:
             assert client.sendmail("a@example.com", ["b@example.net"], message) == {}
@@ -89,3 +96,61 @@ def test_broken_plugin_reported_by_name(tmp_path, ca):
         assert "plugin broken: smtprelay_broken: ImportError: boom" in relay.log()
     finally:
         relay.stop()
+
+
+NONCONFORMING = """
+from relay.plugin import UpstreamTypePlugin
+
+careless = UpstreamTypePlugin("careless", ("careless",), "careless_impl.CarelessType", "forgot open()")
+"""
+NONCONFORMING_IMPLEMENTATION = """
+from zope.interface import implementer
+from relay.plugin import IUpstreamType
+
+
+@implementer(IUpstreamType)
+class CarelessType:
+    name = "careless"
+    schemes = ("careless",)
+
+    def validate(self, url):
+        pass
+"""
+
+
+def test_nonconforming_plugin_refused(tmp_path, ca):
+    """
+    An upstream type missing a method is refused when it loads, named with
+    what is missing; a relay with a tenant that needs it does not start (one
+    line, exit 1); without such a tenant it starts and says so in its log.
+    """
+    site = tmp_path / "site"
+    (site / "twisted" / "plugins").mkdir(parents=True)
+    (site / "twisted" / "plugins" / "smtprelay_careless.py").write_text(NONCONFORMING)
+    (site / "careless_impl.py").write_text(NONCONFORMING_IMPLEMENTATION)
+    environment = {"PYTHONPATH": str(site)}
+    output = listPlugins(**environment)
+    assert (
+        "BROKEN plugins:\n  upstream type careless [careless_impl.CarelessType]: IUpstreamType: missing 'open'"
+        in output
+    )
+    relay = RelayProcess(tmp_path / "relay", ca, environment=environment)
+    try:
+        assert (
+            "plugin broken: upstream type careless [careless_impl.CarelessType]: IUpstreamType: missing 'open'"
+            in relay.log()
+        )
+        relay.store.addTenant("needs", "ops@needs.example", "Needs Ltd")
+        relay.store.addUpstream("needs", "careless://host", validate=lambda url: None)
+    finally:
+        relay.stop()
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "smtprelay", f"--database={relay.database}", f"--secret-key-file={relay.keyFile}",
+         "--smtp=tcp:0:interface=127.0.0.1", "--metrics=tcp:0:interface=127.0.0.1", "--workers=1"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **environment},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "twistd smtprelay: tenant needs needs upstream type careless [careless_impl.CarelessType]: "
+        "IUpstreamType: missing 'open'"
+    )

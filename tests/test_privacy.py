@@ -1,5 +1,5 @@
 """
-Tests for the privacy promises of the store (DESIGN.md §1): rotating the key
+Tests for the privacy promises of the store (docs/design.md §1): rotating the key
 that encrypts upstream passwords, upgrading password hashes, exporting a
 tenant without its secrets, and deleting everything about a tenant.
 """

@@ -53,7 +53,8 @@ def test_workers_share_listeners_metrics_and_log(ca, upstreamCert, tmp_path):
         while len(re.findall(r"worker 0 started", relay.log())) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "worker 0 (pid" in relay.log() and "restarting" in relay.log()
-        time.sleep(1.0)  # the new worker loads the store
+        while len(re.findall(r"\[worker 0\] smtprelay listening on", relay.log())) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the new worker has loaded the store and listens on both listeners
         with relay.connect(account) as client:
             assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
         pids = set(workerPids(relay).values())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __all__ = ["HeaderBlock", "MAX_HEADER_BLOCK", "splitHeaderBlock"]
 
-MAX_HEADER_BLOCK = 64 * 1024  # held in memory before anything is forwarded (DESIGN.md §2)
+MAX_HEADER_BLOCK = 64 * 1024  # held in memory before anything is forwarded (docs/design.md §2)
 
 
 def splitHeaderBlock(data: bytes | bytearray) -> int:

@@ -1,6 +1,6 @@
 """
 What the relay does with each command of one client connection: the
-semantics of DESIGN.md §2 and §3, independent of how bytes are framed on the
+semantics of docs/design.md §2 and §3, independent of how bytes are framed on the
 wire (that is L{relay.server.protocol}).
 
 Every command handler returns a L{Reply}, or a Deferred firing with one when

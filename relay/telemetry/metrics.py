@@ -1,5 +1,5 @@
 """
-The relay's Prometheus metrics (DESIGN.md §6): names, labels and buckets in
+The relay's Prometheus metrics (docs/design.md §6): names, labels and buckets in
 one place.  Labels are bounded: tenant names, results, policy names and
 upstream types, never an address.
 """

@@ -1,5 +1,5 @@
 """
-The monitoring HTTP listener (DESIGN.md §6): C{/metrics} for Prometheus,
+The monitoring HTTP listener (docs/design.md §6): C{/metrics} for Prometheus,
 C{/healthz} (the process answers) and C{/readyz} (it can do its work).
 
 Everything renders synchronously on the reactor thread: the exposition is

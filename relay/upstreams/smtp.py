@@ -1,7 +1,7 @@
 """
 The C{smtp}, C{smtp+starttls} and C{smtps} upstream types.
 
-URL forms (DESIGN.md §4)::
+URL forms (docs/design.md §4)::
 
     smtp://host[:25]                    STARTTLS when offered
     smtp+starttls://user:pass@host[:587] STARTTLS required

@@ -133,13 +133,19 @@ class RelayProcess:
             time.sleep(0.05)
         raise AssertionError(f"relay did not load store generation {generation}:\n{self.log()}")
 
-    def addTenant(self, name: str, *upstreams: str, domains: tuple[str, ...] = ("example.com",)) -> Account:
-        """A tenant with one login and these upstream URLs (in priority order), loaded by the relay."""
+    def addTenant(
+        self, name: str, *upstreams: str, domains: tuple[str, ...] = ("example.com",), validate=validateUpstream
+    ) -> Account:
+        """
+        A tenant with one login and these upstream URLs (in priority order),
+        loaded by the relay.  C{validate} checks the URLs in this process (a
+        plugin on the relay's path only: C{lambda url: None}).
+        """
         self.store.addTenant(name, f"ops@{name}.example", f"{name} Ltd")
         password = f"pw-{name}-secret"
         self.store.addLogin(name, f"{name}-user", password)
         for priority, url in enumerate(upstreams, start=1):
-            self.store.addUpstream(name, url, priority * 10, validate=validateUpstream)
+            self.store.addUpstream(name, url, priority * 10, validate=validate)
         for domain in domains:
             self.store.addDomain(name, domain)
         self.waitForGeneration(self.store.generation())

@@ -194,6 +194,7 @@ class UpstreamServer:
         self._seen: Counter[str] = Counter()
         self._commands: list[list[str]] = []
         self._transactions: list[Received] = []
+        self._receiving: dict[int, bytes] = {}  # per connection: the last bytes of a DATA under way
         self._messages: list[Received] = []
         self._aborted = 0
         self._plaintext = b""
@@ -341,6 +342,12 @@ class UpstreamServer:
         for at least one recipient)."""
         with self._cond:
             return list(self._messages)
+
+    @property
+    def receiving(self) -> bytes:
+        """The last 2 KiB of the message whose DATA is under way (of any connection), b"" when none is."""
+        with self._cond:
+            return b"".join(self._receiving.values())
 
     @property
     def transactions(self) -> list[Received]:
@@ -803,6 +810,8 @@ class _Session:
                 if not complete:
                     raw += line
                     lineStart = line.endswith(b"\r\n")
+                    tail = bytes(raw[-2048:])
+                    self.server._update(lambda tail=tail: self.server._receiving.__setitem__(self.index, tail))
                     lax = raw.find(b"\r.\r") if self.server.laxEndOfData else -1
                     if lax >= 0:  # the smuggling-prone reading: what follows is commands
                         rest = bytes(raw[lax + 3 :]).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -812,6 +821,7 @@ class _Session:
                         complete = True
         except OSError:  # reset or stalled past the timeout: the client's doing
             pass
+        self.server._update(lambda: self.server._receiving.pop(self.index, None))
         if not complete:
             raw += self.reader.take()
             clientEnded = not dropped and not self.server._stop.is_set()
