@@ -29,6 +29,7 @@ from relay.core.tenant import Login, Snapshot, Tenant, Upstream
 from relay.core.urls import UpstreamURL
 from relay.policy.chain import NamedPolicy, PolicyChain
 from relay.seams.interfaces import IPolicy, IUpstreamSession, IUpstreamType
+from relay.seams.registration import conformance
 from relay.seams.upstream import UpstreamContext, UpstreamError
 from relay.server.context import ServerContext
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures
@@ -46,6 +47,7 @@ __all__ = [
     "Delivered",
     "InlineThreads",
     "MemoryClient",
+    "checkSession",
     "fakeServerContext",
     "tenantWith",
 ]
@@ -283,6 +285,17 @@ def fakeServerContext(
     return ServerContext(**fields)
 
 
+def checkSession(session: object) -> None:
+    """
+    Check a session against L{IUpstreamSession} exactly as the relay does
+    when it opens one (C{IConsumer}'s C{write}, C{registerProducer} and
+    C{unregisterProducer} included).
+
+    @raise relay.seams.registration.PluginError: saying what is missing.
+    """
+    conformance(IUpstreamSession, session)
+
+
 class InlineThreads(MemoryReactorClock):
     """
     A clock that is also a thread pool running work at once, on the calling
@@ -340,6 +353,12 @@ class MemoryClient:
         self.transport = _TLSStringTransport(peerAddress=IPv4Address("TCP", address, 40000))
         self.protocol.makeConnection(self.transport)
         self.greeting = self.read()
+
+    def refusals(self) -> dict[str, float]:
+        """C{smtprelay_policy_rejections_total} by policy name, as the relay counted them."""
+        [metric] = self.context.reporter.metrics.policyRejections.collect()
+        samples = metric.samples
+        return {s.labels["policy"]: s.value for s in samples if s.name.endswith("_total")}
 
     def read(self) -> list[str]:
         """The reply lines written since the last read."""

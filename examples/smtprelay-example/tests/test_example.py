@@ -13,8 +13,7 @@ from smtprelay_example.pipe import PipeUpstreamType
 from smtprelay_example.subjects import SubjectFilterPolicy
 from twisted.internet.testing import MemoryReactorClock
 
-from relay.core.urls import UpstreamURL
-from relay.seams.policy import PolicyContext
+from relay.plugin import PolicyContext, UpstreamURL
 from relay.testing import FakeUpstreamType, MemoryClient, fakeServerContext
 
 
@@ -22,7 +21,7 @@ def relayWithPolicy() -> MemoryClient:
     reactor = MemoryReactorClock()
     upstream = FakeUpstreamType()
     policy = SubjectFilterPolicy(PolicyContext(reactor=reactor, options={}))
-    return MemoryClient(upstream, context=fakeServerContext(reactor, upstream, policies=[policy]))
+    return MemoryClient(upstream, context=fakeServerContext(reactor, upstream, policies={"subject-filter": policy}))
 
 
 def message(subject: str) -> bytes:
