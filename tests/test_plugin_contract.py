@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from relay.core.reply import Reply
@@ -26,19 +25,10 @@ from relay.seams.upstream import UpstreamError
 from relay.server.protocol import IllegalTransition, Mode
 from relay.testing import FakeUpstreamType, InlineThreads, MemoryClient, fakeServerContext
 from relay.upstreams.webhook import PostState, _Post
+from tests.support.logevents import Events
 
 MESSAGE = b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n"
 TEMPFAIL = "451 4.3.0 Temporary policy failure, try again later"
-
-
-class Events:
-    def __enter__(self) -> list[dict]:
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        return self.events
-
-    def __exit__(self, *exc) -> None:
-        globalLogPublisher.removeObserver(self.events.append)
 
 
 def relayWith(policy) -> MemoryClient:

@@ -17,7 +17,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from relay.core.envelope import ClientInfo, Transaction
@@ -28,6 +27,7 @@ from relay.server.guard import ConnectionGuard, MemoryAuthFailures
 from relay.server.protocol import SMTPServerFactory
 from relay.server.received import traceHeader
 from relay.testing import MemoryClient, fakeServerContext
+from tests.support.logevents import Events
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("2001:db8::/32"))
 REFUSAL = b"421 4.7.0 relay.test PROXY protocol accepted only from trusted proxies\r\n"
@@ -38,18 +38,6 @@ def v2(family: int, addresses: bytes, command: int = 0x21) -> bytes:
 
 
 V2_TCP4 = v2(0x11, bytes([198, 51, 100, 4, 10, 0, 0, 1]) + struct.pack("!HH", 40000, 25))
-
-
-class Events:
-    """The log events emitted while it is in use."""
-
-    def __enter__(self) -> list[dict]:
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        return self.events
-
-    def __exit__(self, *exc) -> None:
-        globalLogPublisher.removeObserver(self.events.append)
 
 
 def proxied(peer=IPv4Address("TCP", "10.0.0.2", 50000), timeout: float = 10.0):

@@ -1,5 +1,8 @@
-# The `twistd smtprelay` command.  Nothing of smtprelay is imported here:
-# ServiceMaker loads relay.runtime.tap only when the command is used.
+"""
+The `twistd smtprelay` command.  Nothing of smtprelay is imported here:
+ServiceMaker loads relay.runtime.tap only when the command is used.
+"""
+
 from twisted.application.service import ServiceMaker
 
 smtprelay = ServiceMaker(

@@ -1,6 +1,9 @@
-# smtprelay's built-in policies, registered exactly as a third-party
-# distribution registers its own (see docs/plugins.md).  Lower priority runs
-# first: cheap checks before the ones that spend a rate budget.
+"""
+smtprelay's built-in policies, registered exactly as a third-party
+distribution registers its own (see docs/plugins.md).  Lower priority runs
+first: cheap checks before the ones that spend a rate budget.
+"""
+
 from relay.plugin import PolicyPlugin
 
 clientNetworks = PolicyPlugin(

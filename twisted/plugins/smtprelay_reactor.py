@@ -1,5 +1,8 @@
-# `twistd -r smtprelay-epoll smtprelay ...`: the reactor the --workers
-# processes run (relay/runtime/reactor.py), for a single-process relay.
+"""
+`twistd -r smtprelay-epoll smtprelay ...`: the reactor the --workers
+processes run (relay/runtime/reactor.py), for a single-process relay.
+"""
+
 from twisted.application.reactors import Reactor
 
 smtprelayEpoll = Reactor(

@@ -1,5 +1,8 @@
-# smtprelay's built-in upstream types, registered exactly as a third-party
-# distribution registers its own (see docs/plugins.md).
+"""
+smtprelay's built-in upstream types, registered exactly as a third-party
+distribution registers its own (see docs/plugins.md).
+"""
+
 from relay.plugin import UpstreamTypePlugin
 
 smtp = UpstreamTypePlugin(
