@@ -22,13 +22,15 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support.relay import freePort
 
-__all__ = ["Mark", "SmtpSink", "openConnections"]
+__all__ = ["DelaySink", "Mark", "SmtpSink", "openConnections"]
 
 _COUNTERS = re.compile(rb"sess=(\d+) quit=\d+ mesg=(\d+)")
 
@@ -113,14 +115,18 @@ class SmtpSink:
         self.sessions = 0
         self._cond = threading.Condition()
         self._reached: dict[int, float] = {}  # message count -> when it was reached (waited for)
-        command = [self.binary, "-c", "-h", "sink.bench.invalid"]
-        if os.geteuid() == 0:
-            command += ["-u", "nobody"]
-        command += [f"127.0.0.1:{self.port}", str(backlog)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        self.process = subprocess.Popen(
+            self._command(backlog), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         waitForPort(self.port, process=self.process)
+
+    def _command(self, backlog: int) -> list[str]:
+        command = [self.binary, "-c", "-h", "sink.bench.invalid"]
+        if os.geteuid() == 0:
+            command += ["-u", "nobody"]
+        return command + [f"127.0.0.1:{self.port}", str(backlog)]
 
     def _read(self) -> None:
         tail = b""
@@ -203,3 +209,19 @@ class SmtpSink:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class DelaySink(SmtpSink):
+    """
+    bench/delaysink.py instead of smtp-sink: every reply C{delay} ms after
+    its command, as an upstream that far away; with C{chunking}, it offers
+    CHUNKING as well as PIPELINING.
+    """
+
+    def __init__(self, delay: float, chunking: bool):
+        self.delay, self.chunking = delay, chunking
+        super().__init__()
+
+    def _command(self, backlog: int) -> list[str]:
+        command = [sys.executable, str(Path(__file__).with_name("delaysink.py")), "--port", str(self.port)]
+        return command + ["--delay", str(self.delay)] + (["--chunking"] if self.chunking else [])

@@ -17,17 +17,16 @@ connect), C{sink} and C{roots()} (the processes whose CPU and memory count).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import install
 from bench.clients import SENDER
 from bench.smtpsink import SmtpSink, waitForPort
+from tests.support.postfix import Postfix as PostfixInstance
 from tests.support.relay import freePort
 
 __all__ = ["SYSTEMS", "System"]
@@ -57,10 +56,11 @@ class System:
         self.process: subprocess.Popen | None = None
         self.directory: Path | None = None
 
-    def start(self, directory: Path) -> None:
+    def start(self, directory: Path, sink: SmtpSink | None = None) -> None:
+        """Start in C{directory}, relaying into C{sink} (by default a new smtp-sink, stopped with us)."""
         self.directory = directory / self.key
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.sink = SmtpSink()
+        self.sink = sink or SmtpSink()
         self.port = freePort()
         self._start()
 
@@ -110,76 +110,25 @@ class Postfix(System):
     description = "throwaway Postfix instance, relayhost = the sink (queues to disk, 250 before delivery)"
 
     def _start(self) -> None:
-        d = self.directory
-        self.config = d / "etc"
-        self.config.mkdir(exist_ok=True)
-        for name in ("queue", "data"):
-            (d / name).mkdir(exist_ok=True)
-        shutil.chown(d / "data", "postfix")
-        main = {
-            "compatibility_level": "3.6",
-            "queue_directory": d / "queue",
-            "data_directory": d / "data",
-            "mail_owner": "postfix",
-            "setgid_group": "postdrop",
+        settings = {
             "myhostname": "postfix.bench.invalid",
             "mydomain": "bench.invalid",
-            "mydestination": "",
-            "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4",
-            "mynetworks": "127.0.0.0/8",
-            "smtpd_relay_restrictions": "permit_mynetworks, reject",
             "relayhost": f"[127.0.0.1]:{self.sink.port}",
-            "smtp_dns_support_level": "disabled",
-            "alias_maps": "",
-            "alias_database": "",
-            "local_recipient_maps": "",
             "message_size_limit": str(64 << 20),
-            "maillog_file": d / "maillog",
-            "maillog_file_prefixes": f"/var, /dev/stdout, {d}",
-            "biff": "no",
         }
-        (self.config / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
-        (self.config / "master.cf").write_text(self._masterCf())
-        subprocess.run(["postfix", "-c", str(self.config), "check"], check=True, capture_output=True)
-        result = subprocess.run(["postfix", "-c", str(self.config), "start"], capture_output=True, text=True)
-        if result.returncode != 0:
-            log = (d / "maillog").read_text(errors="replace").strip().splitlines() if (d / "maillog").exists() else []
-            why = [line for line in log if "fatal" in line][:1] or log[-1:] or [result.stderr.strip()]
-            raise RuntimeError(f"postfix start failed: {why[0]}")
-        waitForPort(self.port, timeout=30)
-
-    def _masterCf(self) -> str:
-        template = Path("/etc/postfix/master.cf")
-        if not template.exists():
-            template = Path("/usr/share/postfix/master.cf.dist")
-        lines = []
-        for line in template.read_text().splitlines():
-            fields = line.split()
-            if line[:1] in ("", "#", " ", "\t") or len(fields) < 8:
-                lines.append(line)
-                continue
-            if fields[:2] == ["smtp", "inet"]:
-                fields[0] = f"127.0.0.1:{self.port}"
-            fields[4] = "n"  # no chroot: the instance lives in a temporary directory
-            lines.append("  ".join(fields))
-        return "\n".join(lines) + "\n"
+        self.instance = PostfixInstance("bench", self.port, settings)
+        self.instance.start()
 
     def roots(self) -> list[int]:
-        try:
-            return [int((self.directory / "queue" / "pid" / "master.pid").read_text().split()[0])]
-        except (OSError, ValueError, IndexError):
-            return []
+        instance = getattr(self, "instance", None)
+        return instance.pids() if instance is not None else []
 
     def alive(self) -> bool:
         return bool(self.roots()) and Path(f"/proc/{self.roots()[0]}").exists()
 
     def stop(self) -> None:
-        if getattr(self, "config", None) is not None:
-            subprocess.run(["postfix", "-c", str(self.config), "stop"], capture_output=True)
-            deadline = time.monotonic() + 15
-            while self.roots() and Path(f"/proc/{self.roots()[0]}").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+        if getattr(self, "instance", None) is not None:
+            self.instance.stop()
         super().stop()
 
 

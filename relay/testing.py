@@ -66,7 +66,8 @@ class Delivered:
 class FakeUpstreamSession:
     """
     Records one transaction at a time and answers from C{replies}, keyed by
-    C{"MAIL"}, C{"RCPT"}, C{"DATA"}, C{"END"} and C{"RSET"}.  A verb listed
+    C{"MAIL"}, C{"RCPT"}, C{"DATA"}, C{"END"} and C{"RSET"}; C{"MAIL host"}
+    and C{"RCPT address"} answer for one upstream host or one recipient.  A verb listed
     in C{hold} gets a Deferred that the test fires from C{held[verb]}.
 
     @ivar calls: every method called, in order, for assertions.
@@ -78,7 +79,8 @@ class FakeUpstreamSession:
         self.host = host
         self.alive = True
         self.calls: list[str] = []
-        self.held: dict[str, Deferred] = {}
+        self.held: dict[str, Deferred] = {}  # the last call of each held verb
+        self.heldAll: dict[str, list[Deferred]] = {}  # every call of each, in order
         self.producer = None
         self._sender = ""
         self._recipients: list[str] = []
@@ -89,6 +91,7 @@ class FakeUpstreamSession:
         if verb in self._kind.hold:
             d: Deferred = Deferred()
             self.held[verb] = d
+            self.heldAll.setdefault(verb, []).append(d)
             return d
         if verb in self._kind.errors:
             return fail(UpstreamError("lost", f"scripted failure at {verb}"))
@@ -96,7 +99,7 @@ class FakeUpstreamSession:
 
     def mailFrom(self, sender, parameters):
         self._sender, self._recipients, self._data = sender, [], []
-        return self._answer("MAIL")
+        return self._answer("MAIL", self._kind.replies.get(f"MAIL {self.host}"))
 
     def rcptTo(self, recipient, parameters):
         reply = self._kind.replies.get(f"RCPT {recipient}", self._kind.replies["RCPT"])

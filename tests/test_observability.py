@@ -125,7 +125,8 @@ def test_usage_matches_what_was_sent(ca, upstreamCert, tmp_path, capsys):
         account = relay.addTenant("billed", upstreamURL(up, ca=str(ca.cert)))
         up.setReply("MAIL", "451 4.3.0 later", times=1)
         with relay.connect(account) as client:
-            assert client.mail("a@example.com")[0] == 451
+            assert client.mail("a@example.com")[0] == 250  # the relay's
+            assert client.rcpt("b@example.net")[0] == 451  # the upstream refused MAIL for now
             client.rset()
             for recipients in (["b@example.net"], ["b@example.net", "c@example.net"], ["d@example.net"]):
                 assert client.sendmail("a@example.com", recipients, MESSAGE) == {}

@@ -98,13 +98,14 @@ def test_policy_gets_its_context():
 
 
 def test_upstream_refusing_data():
-    """An upstream refusing DATA: the client gets its reply, nothing is delivered, the session is reset for reuse."""
+    """An upstream refusing DATA: the client gets its reply after its dot, nothing delivered, the session reset."""
     upstream = FakeUpstreamType()
     upstream.replies["DATA"] = Reply.of(554, "5.3.4", "No DATA for you")
     client = MemoryClient(upstream)
     client.login()
     lines = client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
-    assert lines[-1] == "554 5.3.4 No DATA for you"
+    assert lines[-1].startswith("354 ")  # ours, at once: the upstream's answer is looked at after the dot
+    assert client.send(MESSAGE + b".\r\n")[0].startswith("554 5.3.4 No DATA for you (queue id ")
     assert upstream.sessions[0].calls == ["MAIL", "RCPT", "DATA", "RSET"]
     assert upstream.delivered == []
 
@@ -202,7 +203,7 @@ def test_webhook_post_refuses_impossible_states():
         def request(self, method, uri, headers, body):
             return Deferred()
 
-    post = _Post(Agent(), b"http://hook/", None, MemoryReactorClock(), 30.0)
+    post = _Post(Agent(), b"http://hook/", None, MemoryReactorClock(), 30.0, 540.0)
     post.cancel(UpstreamError("lost", "x"))
     assert post.state is PostState.DONE
     with pytest.raises(Exception, match="done -> streaming"):

@@ -84,7 +84,7 @@ def test_null_sender_only_when_bounces_allowed():
     """The null sender <> is refused unless the tenant allows bounces."""
     c = client(SenderDomainPolicy)
     c.login()
-    assert c.send(b"MAIL FROM:<>\r\n") == ["550 5.7.1 Null sender not allowed for this tenant"]
+    assert c.send(b"MAIL FROM:<>\r\n") == ["550 5.7.1 Null sender (<>) not allowed for this tenant"]
     c = client(SenderDomainPolicy, allowBounces=True)
     c.login()
     assert c.send(b"MAIL FROM:<>\r\n") == ["250 2.1.0 Ok"]

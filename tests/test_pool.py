@@ -1,6 +1,7 @@
 """
-The upstream pool: priority order and failover, reuse between
-transactions, the per-upstream cap and the idle timeout.
+The upstream pool and its routes: priority order and failover (a dead
+upstream, a 4xx MAIL), reuse between transactions, the per-upstream cap and
+the idle timeout.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import random
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
+from relay.core.reply import Reply
 from relay.core.tenant import Tenant, Upstream
 from relay.core.urls import UpstreamURL
 from relay.seams.upstream import UpstreamContext, UpstreamError
@@ -29,11 +32,19 @@ def tenant(*hosts: tuple[str, int]) -> Tenant:
     return Tenant("acme", upstreams=tuple(Upstream(UpstreamURL.parse(f"fake://{h}"), p) for h, p in hosts))
 
 
+def start(p: UpstreamPool, t: Tenant):
+    """A route's start, as the relay calls it at the first RCPT: a Deferred of its Opening."""
+    return p.route(t).start("a@example.com", {}, "b@example.net", {})
+
+
 def begin(p: UpstreamPool, t: Tenant):
+    """The lease and MAIL reply of a transaction begun at once, or the failure."""
     results = []
-    p.begin(t, "a@example.com", {}).addBoth(results.append)
-    assert results, "begin() should not wait here"
-    return results[0]
+    start(p, t).addBoth(results.append)
+    assert results, "start() should not wait here"
+    if isinstance(results[0], Failure):
+        return results[0]
+    return results[0].lease, results[0].mail
 
 
 def test_priority_order_and_failover():
@@ -78,11 +89,11 @@ def test_reset_before_every_reuse():
     p, _ = pool(kind)
     lease, _ = begin(p, tenant(("a", 10)))
     p.release(lease, reusable=True)
-    assert lease.session.calls == ["MAIL", "RSET"]
+    assert lease.session.calls == ["MAIL", "RCPT", "RSET"]
     again, _ = begin(p, tenant(("a", 10)))
     assert again is lease
     p.release(again, reusable=True)
-    assert lease.session.calls == ["MAIL", "RSET", "MAIL", "RSET"]
+    assert lease.session.calls == ["MAIL", "RCPT", "RSET", "MAIL", "RCPT", "RSET"]
     assert len(kind.sessions) == 1
 
 
@@ -167,7 +178,7 @@ def test_cap_waits_for_a_session():
     p, reactor = pool(kind, maxPerUpstream=1)
     lease, _ = begin(p, tenant(("a", 10)))
     waiting = []
-    p.begin(tenant(("a", 10)), "b@example.com", {}).addBoth(waiting.append)
+    start(p, tenant(("a", 10))).addCallback(lambda o: (o.lease, o.mail)).addBoth(waiting.append)
     assert waiting == []
     p.release(lease, reusable=True)
     assert waiting[0][0] is lease and len(kind.sessions) == 1
@@ -179,7 +190,7 @@ def test_cap_waiter_gets_a_new_session_when_one_closes():
     p, reactor = pool(kind, maxPerUpstream=1)
     lease, _ = begin(p, tenant(("a", 10)))
     waiting = []
-    p.begin(tenant(("a", 10)), "b@example.com", {}).addBoth(waiting.append)
+    start(p, tenant(("a", 10))).addCallback(lambda o: (o.lease, o.mail)).addBoth(waiting.append)
     p.release(lease, reusable=False)
     assert waiting[0][0] is not lease and len(kind.sessions) == 2
 
@@ -190,6 +201,36 @@ def test_cap_wait_times_out_to_next_upstream():
     p, reactor = pool(kind, maxPerUpstream=1)
     begin(p, tenant(("a", 10)))
     results = []
-    p.begin(tenant(("a", 10), ("b", 20)), "b@example.com", {}).addBoth(results.append)
+    start(p, tenant(("a", 10), ("b", 20))).addCallback(lambda o: (o.lease, o.mail)).addBoth(results.append)
     reactor.advance(30)
     assert results[0][0].session.host == "b"
+
+
+def test_transient_mail_refusal_fails_over():
+    """An upstream refusing MAIL with a 4xx is left for the next one (reset for reuse), before any RCPT reply."""
+    kind = FakeUpstreamType()
+    kind.replies["MAIL first"] = Reply.of(451, "4.3.0", "Try later")
+    p, _ = pool(kind)
+    lease, reply = begin(p, tenant(("first", 10), ("second", 20)))
+    assert lease.session.host == "second" and reply.code == 250
+    assert kind.sessions[0].calls == ["MAIL", "RCPT", "RSET"]
+
+
+def test_permanent_mail_refusal_returned():
+    """A 5xx to MAIL is the transaction's answer: no failover."""
+    kind = FakeUpstreamType()
+    kind.replies["MAIL first"] = Reply.of(550, "5.7.1", "Not from you")
+    p, _ = pool(kind)
+    lease, reply = begin(p, tenant(("first", 10), ("second", 20)))
+    assert lease.session.host == "first" and reply.code == 550
+    assert len(kind.sessions) == 1
+
+
+def test_route_opens_at_once_and_gives_back_unused():
+    """A route opens its first upstream when made; cancelled unused, the session goes back to the pool."""
+    kind = FakeUpstreamType()
+    p, _ = pool(kind)
+    route = p.route(tenant(("a", 10)))
+    assert len(kind.sessions) == 1
+    route.cancel()
+    assert begin(p, tenant(("a", 10)))[0].session is kind.sessions[0]

@@ -28,6 +28,8 @@ def test_ehlo_advertises_extensions():
         f"250-SIZE {50 * 1024 * 1024}",
         "250-8BITMIME",
         "250-ENHANCEDSTATUSCODES",
+        "250-SMTPUTF8",
+        "250-DSN",
         "250 AUTH PLAIN LOGIN",
     ]
 
@@ -123,19 +125,38 @@ def test_pipelined_transaction():
     assert message.data.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n")
 
 
-def test_replies_wait_for_the_upstream_in_order():
-    """While MAIL waits on the upstream, later pipelined commands wait too."""
+def test_mail_answered_by_the_relay_rcpt_by_the_upstream():
+    """MAIL is answered once the policies pass; the RCPT reply waits for the upstream's, and later commands wait too."""
     upstream = FakeUpstreamType()
-    upstream.hold.add("MAIL")
+    upstream.hold.add("RCPT")
     client = Client(upstream)
     client.login()
-    assert client.send(b"MAIL FROM:<a@example.com>\r\nNOOP\r\nRCPT TO:<b@example.net>\r\n") == []
-    upstream.sessions[0].held["MAIL"].callback(Reply.of(250, "2.1.0", "Sender ok"))
-    assert client.read() == ["250 2.1.0 Sender ok", "250 2.0.0 Ok", "250 2.1.5 Ok"]
+    assert client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nNOOP\r\n") == ["250 2.1.0 Ok"]
+    session = upstream.sessions[0]
+    assert session.calls == ["MAIL", "RCPT"]  # MAIL went with the first RCPT
+    session.held["RCPT"].callback(Reply.of(250, "2.1.5", "Recipient ok"))
+    assert client.read() == ["250 2.1.5 Recipient ok", "250 2.0.0 Ok"]
+
+
+def test_pipelined_recipients_go_upstream_together():
+    """RCPTs the client pipelines go upstream without waiting for one another; replies stay in order."""
+    upstream = FakeUpstreamType()
+    upstream.hold.add("RCPT")
+    client = Client(upstream)
+    client.login()
+    lines = client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n")
+    assert lines == ["250 2.1.0 Ok"]
+    session = upstream.sessions[0]
+    assert session.calls == ["MAIL", "RCPT", "RCPT"]  # the second went up before the first was answered
+    second, first = session.heldAll["RCPT"].pop(), session.heldAll["RCPT"].pop()
+    second.callback(Reply.of(250, "2.1.5", "c ok"))
+    assert client.read() == []  # replies stay in order
+    first.callback(Reply.of(250, "2.1.5", "b ok"))
+    assert client.read() == ["250 2.1.5 b ok", "250 2.1.5 c ok"]
 
 
 def test_upstream_replies_mirrored():
-    """Upstream refusals at MAIL, per recipient and at the end reach the client unchanged."""
+    """Upstream refusals per recipient and at the end, and a refused MAIL at every RCPT, reach the client unchanged."""
     upstream = FakeUpstreamType()
     upstream.replies["RCPT bad@example.net"] = Reply.of(550, "5.1.1", "No such user")
     upstream.replies["END"] = Reply.of(554, "5.7.1", "Spam")
@@ -148,8 +169,9 @@ def test_upstream_replies_mirrored():
     assert lines[2] == "250 2.1.5 Ok"
     assert client.send(b"x\r\n.\r\n")[0].startswith("554 5.7.1 Spam (queue id ")
     assert upstream.delivered == []
-    upstream.replies["MAIL"] = Reply.of(451, "4.3.0", "Try later")
-    assert client.send(b"MAIL FROM:<a@example.com>\r\n") == ["451 4.3.0 Try later"]
+    upstream.replies["MAIL"] = Reply.of(550, "5.7.1", "Not from you")
+    lines = client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n")
+    assert lines == ["250 2.1.0 Ok", "550 5.7.1 Not from you", "550 5.7.1 Not from you"]
 
 
 def test_failover_and_reuse():
@@ -165,12 +187,15 @@ def test_failover_and_reuse():
 
 
 def test_no_upstream():
-    """No reachable upstream: 451 4.4.1, nothing accepted."""
+    """No reachable upstream: every RCPT gets 451 4.4.1, nothing is accepted."""
     upstream = FakeUpstreamType()
     upstream.unreachable.update({"primary", "backup"})
     client = Client(upstream)
     client.login()
-    assert client.send(b"MAIL FROM:<a@example.com>\r\n") == ["451 4.4.1 No upstream available, try again later"]
+    lines = client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n")
+    assert lines == ["250 2.1.0 Ok"] + ["451 4.4.1 No upstream available, try again later"] * 2 + [
+        "554 5.5.1 Error: no valid recipients"
+    ]
 
 
 def test_smuggling_refused():

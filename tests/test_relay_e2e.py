@@ -5,6 +5,7 @@ The relay end to end: real clients (smtplib, swaks) through a running
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import socket
@@ -132,13 +133,15 @@ def test_wrong_password(relay, tenantName, upstream):
 
 
 def test_upstream_refusals_mirrored(relay, upstream, tenantName):
-    """Upstream 4xx/5xx at MAIL, per RCPT and at end of data reach the client unchanged."""
+    """Upstream 4xx/5xx at MAIL (seen at RCPT: MAIL is the relay's), per RCPT and at the end reach the client."""
     account = relay.addTenant(tenantName, upstreamURL(upstream, ca=ca(relay)))
     upstream.setReply("MAIL", "451 4.3.0 Sender check deferred", times=1)
     upstream.setReply("RCPT", "550 5.1.1 No such user here", match="nobody@example.net")
     upstream.setReply("EOD", "554 5.7.1 Content refused", times=1)
     with relay.connect(account) as client:
-        assert client.mail("a@example.com") == (451, b"4.3.0 Sender check deferred")
+        assert client.mail("a@example.com") == (250, b"2.1.0 Ok")
+        assert client.rcpt("b@example.net") == (451, b"4.3.0 Sender check deferred")
+        client.rset()
         assert client.mail("a@example.com") == (250, b"2.1.0 Ok")
         assert client.rcpt("nobody@example.net") == (550, b"5.1.1 No such user here")
         assert client.rcpt("b@example.net")[0] == 250
@@ -153,14 +156,20 @@ def test_upstream_refusals_mirrored(relay, upstream, tenantName):
 
 
 def test_upstream_down(relay, tenantName):
-    """No upstream reachable: 451 4.4.1 at MAIL."""
+    """No upstream reachable: 451 4.4.1 at every RCPT (MAIL is the relay's)."""
     account = relay.addTenant(tenantName, f"smtp://127.0.0.1:{closedPort()}")
     with relay.connect(account) as client:
-        assert client.mail("a@example.com") == (451, b"4.4.1 No upstream available, try again later")
+        assert client.mail("a@example.com") == (250, b"2.1.0 Ok")
+        assert client.rcpt("b@example.net") == (451, b"4.4.1 No upstream available, try again later")
+        assert client.rcpt("c@example.net") == (451, b"4.4.1 No upstream available, try again later")
 
 
 def test_upstream_hangs_past_timeout(relay, upstream, tenantName):
-    """An upstream that never answers the final dot: 451 after its timeout, and no message completed."""
+    """
+    An upstream that never answers the final dot: after
+    --upstream-final-timeout (6 s here; not the URL's 1 s reply timeout) the
+    client gets 451 4.4.7, the outcome unknown, and the log says timeout.
+    """
     account = relay.addTenant(tenantName, upstreamURL(upstream, ca=ca(relay), timeout="1"))
     upstream.setHang("EOD")
     with relay.connect(account) as client:
@@ -168,9 +177,12 @@ def test_upstream_hangs_past_timeout(relay, upstream, tenantName):
         client.rcpt("b@example.net")
         started = time.monotonic()
         code, text = client.data(MESSAGE)
-        assert time.monotonic() - started < 10
-    assert code == 451 and text.startswith(b"4.4.2 ")
+        waited = time.monotonic() - started
+    assert 6 <= waited < 15
+    assert code == 451 and text.startswith(b"4.4.7 The upstream did not answer the end of data in time")
     assert upstream.messages == []
+    queueId = text.rsplit(b"queue id ", 1)[1].rstrip(b")").decode()
+    assert re.search(rf"{queueId} timeout: no final reply from ", relay.log())
 
 
 def test_upstream_drops_after_354(relay, upstream, tenantName):
@@ -222,15 +234,51 @@ def test_upstream_auth_over_starttls(relay, upstreamCert, tenantName):
     assert "up-secret" not in relay.log()
 
 
-def test_upstream_wrong_certificate(relay, tmp_path, ca, tenantName):
-    """An upstream whose certificate does not verify is not used: 451 4.4.1."""
+def test_upstream_opportunistic_tls(relay, tmp_path, ca, tenantName):
+    """
+    smtp:// without credentials encrypts even when the certificate does not
+    verify (RFC 7435), and the log says why it did not.
+    """
     from tests.support.certs import makeSelfSigned
 
     with UpstreamServer(tls=makeSelfSigned(tmp_path)) as up:
         account = relay.addTenant(tenantName, upstreamURL(up, ca=str(ca.cert)))
         with relay.connect(account) as client:
-            assert client.mail("a@example.com")[0] == 451
-        assert up.messages == [] and up.tlsErrors
+            assert client.sendmail("a@example.com", ["b@example.net"], MESSAGE) == {}
+        [message] = up.waitForMessages(1)
+        assert message.tls
+    assert re.search(
+        r"opportunistic TLS to 127\.0\.0\.1:\d+: certificate of 127\.0\.0\.1 does not verify: ", relay.log()
+    )
+
+
+@pytest.mark.parametrize(
+    "hostnames, ips, reason",
+    [
+        (("localhost",), ("127.0.0.1",), r"certificate of 127\.0\.0\.1 does not verify: self.signed certificate"),
+        (("wrong.example",), (), r"certificate for wrong\.example does not match 127\.0\.0\.1"),
+    ],
+    ids=["untrusted", "wrong-name"],
+)
+def test_upstream_certificate_must_verify(relay, tmp_path, ca, tenantName, hostnames, ips, reason):
+    """
+    With ?verify=yes (or credentials, smtp+starttls://, smtps://) a
+    certificate that fails is not used: 451 4.4.1, nothing sent but EHLO, and
+    the log names the certificate's problem, not a closed connection.
+    """
+    from tests.support.certs import makeSelfSigned
+
+    cert = makeSelfSigned(tmp_path, hostnames=hostnames, ips=ips) if "localhost" in hostnames else None
+    if cert is None:
+        cert = ca.issue(tmp_path, "wrong", hostnames=hostnames, ips=ips)
+    with UpstreamServer(tls=cert) as up:
+        account = relay.addTenant(tenantName, upstreamURL(up, ca=str(ca.cert), verify="yes"))
+        with relay.connect(account) as client:
+            assert client.mail("a@example.com")[0] == 250
+            assert client.rcpt("b@example.net") == (451, b"4.4.1 No upstream available, try again later")
+        assert up.messages == []
+        assert "MAIL" not in [verb for connection in range(up.connections) for verb in up.verbs(connection)]
+    assert re.search(reason, relay.log())
 
 
 def test_failover_and_connection_reuse(relay, upstream, tenantName):

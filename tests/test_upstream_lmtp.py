@@ -26,13 +26,15 @@ from tests.test_relay_e2e import MESSAGE
 TIMEOUT = 5.0
 
 
-def session() -> tuple[LMTPSession, SMTPClientProtocol, StringTransport, Clock]:
-    """An LMTP session over an in-memory connection, greeting read."""
+def session(many: bool = True) -> tuple[LMTPSession, SMTPClientProtocol, StringTransport, Clock]:
+    """An LMTP session over an in-memory connection, greeting read (C{many}: ?recipients=many)."""
     clock, transport = Clock(), StringTransport()
     protocol = SMTPClientProtocol(clock, TIMEOUT)
     protocol.makeConnection(transport)
     protocol.dataReceived(b"220 lmtp.test LMTP\r\n")
-    return LMTPSession(protocol, {}), protocol, transport, clock
+    lmtp = LMTPSession(protocol, {}, finalTimeout=TIMEOUT)
+    lmtp.many = many
+    return lmtp, protocol, transport, clock
 
 
 def fired(d) -> list:
@@ -78,10 +80,29 @@ def test_count_starts_again_with_each_transaction():
     start(lmtp, protocol, [b"250 2.1.5 Ok", b"250 2.1.5 Ok"])
     lmtp.end()
     protocol.dataReceived(b"250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n")
+    lmtp.reset()  # the relay resets before every reuse; nothing is pending, so no RSET is sent
     start(lmtp, protocol, [b"250 2.1.5 Ok"])
     replies = fired(lmtp.end())
     protocol.dataReceived(b"250 2.0.0 Ok\r\n")
     assert [len(r) for r in replies] == [1]
+
+
+def test_one_recipient_per_transaction():
+    """Without ?recipients=many, a second RCPT is answered 452 4.5.3 here and never sent (RFC 5321 §4.5.3.1.10)."""
+    lmtp, protocol, transport, _ = session(many=False)
+    lmtp.mailFrom("a@example.com", {})
+    protocol.dataReceived(b"250 2.1.0 Ok\r\n")
+    lmtp.rcptTo("r0@example.net", {})
+    protocol.dataReceived(b"250 2.1.5 Ok\r\n")
+    transport.clear()
+    [reply] = fired(lmtp.rcptTo("r1@example.net", {}))
+    assert (reply.code, reply.enhanced) == (452, "4.5.3") and transport.value() == b""
+    lmtp.reset()
+    protocol.dataReceived(b"250 2.0.0 Ok\r\n")
+    lmtp.mailFrom("a@example.com", {})
+    protocol.dataReceived(b"250 2.1.0 Ok\r\n")
+    assert fired(lmtp.rcptTo("r1@example.net", {})) == []  # sent, and waiting for its reply
+    assert transport.value().endswith(b"RCPT TO:<r1@example.net>\r\n")
 
 
 def test_missing_reply_times_out():
@@ -134,9 +155,22 @@ def lmtp():
         yield server
 
 
-def test_lmtp_two_recipients(relay, lmtp, tenantName):
-    """Two recipients over LHLO: the client gets 250, the server the exact message; the connection is reused."""
+def test_lmtp_one_recipient_per_transaction(relay, lmtp, tenantName):
+    """By default an LMTP transaction takes one recipient: the others get 452 4.5.3 and go in the next one."""
     account = relay.addTenant(tenantName, upstreamURL(lmtp, "lmtp"))
+    with relay.connect(account) as client:
+        refused = client.sendmail("a@example.com", ["b@example.net", "c@example.net"], MESSAGE)
+        assert {r: code for r, (code, _) in refused.items()} == {"c@example.net": 452}
+        assert refused["c@example.net"][1].startswith(b"4.5.3 One recipient per LMTP transaction")
+        assert client.sendmail("a@example.com", ["c@example.net"], MESSAGE) == {}
+    first, second = lmtp.waitForMessages(2)
+    assert (first.delivered, second.delivered) == (("b@example.net",), ("c@example.net",))
+    assert lmtp.connections == 1
+
+
+def test_lmtp_two_recipients(relay, lmtp, tenantName):
+    """With ?recipients=many, two recipients over LHLO: 250, the exact message; the connection is reused."""
+    account = relay.addTenant(tenantName, upstreamURL(lmtp, "lmtp", recipients="many"))
     with relay.connect(account) as client:
         for _ in range(2):
             assert client.sendmail("a@example.com", ["b@example.net", "c@example.net"], MESSAGE) == {}
@@ -162,7 +196,10 @@ def test_lmtp_unix_socket(relay, tenantName):
     "scripted, expected",
     [
         ({"c@example.net": "452 4.2.2 Mailbox full"}, b"452 4.2.2 Mailbox full"),
-        ({"c@example.net": "550 5.1.1 No such user"}, b"550 5.1.1 No such user"),
+        (
+            {"c@example.net": "550 5.1.1 No such user"},
+            b"451 4.5.0 Delivered to some recipients only; try again for the others",
+        ),
         (
             {"b@example.net": "550 5.1.1 No such user", "c@example.net": "452 4.2.2 Mailbox full"},
             b"452 4.2.2 Mailbox full",
@@ -171,8 +208,12 @@ def test_lmtp_unix_socket(relay, tenantName):
     ids=["temporary", "permanent", "temporary-wins"],
 )
 def test_lmtp_mixed_result(relay, lmtp, tenantName, scripted, expected):
-    """A recipient failing at end of data: the client gets the first temporary failure, else the first permanent one."""
-    account = relay.addTenant(tenantName, upstreamURL(lmtp, "lmtp"))
+    """
+    With ?recipients=many, a recipient failing at end of data: never a 5xx
+    for a copy that was delivered, the first temporary failure when there
+    is one, a 5xx only when every recipient failed for good.
+    """
+    account = relay.addTenant(tenantName, upstreamURL(lmtp, "lmtp", recipients="many"))
     for recipient, reply in scripted.items():
         lmtp.setReply("EOD", reply, match=recipient)
     with relay.connect(account) as client:

@@ -51,12 +51,13 @@ def test_maildir_delivery(relay, tmp_path, tenantName):
 
 
 def test_maildir_unwritable(relay, tmp_path, tenantName):
-    """A maildir that cannot be created: 451 4.4.1 at MAIL, like an unreachable upstream."""
+    """A maildir that cannot be created: 451 4.4.1 at RCPT (MAIL is the relay's), like an unreachable upstream."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     account = relay.addTenant(tenantName, f"maildir://{blocker}/Maildir")
     with relay.connect(account) as client:
-        assert client.mail("a@example.com") == (451, b"4.4.1 No upstream available, try again later")
+        assert client.mail("a@example.com") == (250, b"2.1.0 Ok")
+        assert client.rcpt("b@example.net") == (451, b"4.4.1 No upstream available, try again later")
 
 
 def test_maildir_failover(relay, tmp_path, tenantName):

@@ -1,37 +1,64 @@
 """
-Strict parsing of SMTP envelope paths (RFC 5321 §4.1.2).
+Strict parsing of SMTP envelope paths (RFC 5321 §4.1.2, and RFC 6531 for
+SMTPUTF8) and of the ESMTP parameters the relay understands (RFC 3461 DSN).
 
 Everything a relay decides about a message hangs on the envelope addresses,
 so they are parsed exactly as the grammar says and nothing else passes: no
-bare addresses without angle brackets, no comments, no 8-bit bytes (SMTPUTF8
-is not offered).  Forms an upstream might reinterpret (source routes, quoted
-local parts) are parsed, not refused, so that policies can refuse them with a
-precise reply.
+bare addresses without angle brackets, no comments, and UTF-8 only in a
+transaction that declared SMTPUTF8 (its domains must be valid IDNA).  Forms
+an upstream might reinterpret (source routes, quoted local parts) are
+parsed, not refused, so that policies can refuse them with a precise reply.
+C{<postmaster>} without a domain is a recipient (RFC 5321 §4.5.1).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-__all__ = ["AddressError", "Mailbox", "domainAllowed", "parseMailboxList", "parsePath", "parseParameters"]
+import idna
+
+__all__ = [
+    "AddressError",
+    "Mailbox",
+    "Recipient",
+    "asciiDomain",
+    "domainAllowed",
+    "parseMailboxList",
+    "parseParameters",
+    "parsePath",
+    "parseRecipient",
+]
 
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
 MAX_PATH = 256  # RFC 5321 §4.5.3.1.3
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
-_DOT_STRING = rf"{_ATOM}(?:\.{_ATOM})*"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
-_SUB_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_DOMAIN = rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*"
-_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
-_PATH = re.compile(
-    rf"<(?:(?P<route>@{_DOMAIN}(?:,@{_DOMAIN})*):)?"
-    rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})>"
-)
-_ADDR_SPEC = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN})")
+
+def _grammar(utf8: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """
+    The path and addr-spec patterns, with C{utf8} (a character class body,
+    or C{""}) added to atext, qtext and domain labels (RFC 6531 §3.3).
+    """
+    atom = rf"[A-Za-z0-9!#$%&'*+\-/=?^_`{{|}}~{utf8}]+"
+    dotString = rf"{atom}(?:\.{atom})*"
+    quoted = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{utf8}]|\\[\x20-\x7e])*"'
+    subDomain = rf"[A-Za-z0-9{utf8}](?:[A-Za-z0-9{utf8}-]*[A-Za-z0-9{utf8}])?"
+    domain = rf"{subDomain}(?:\.{subDomain})*"
+    literal = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+    path = re.compile(
+        rf"<(?:(?P<route>@{domain}(?:,@{domain})*):)?"
+        rf"(?P<local>{dotString}|{quoted})@(?P<domain>{domain}|{literal})>"
+    )
+    return path, re.compile(rf"(?P<local>{dotString}|{quoted})@(?P<domain>{domain})")
+
+
+_PATH, _ADDR_SPEC = _grammar("")
+_PATH_UTF8, _ADDR_SPEC_UTF8 = _grammar("\u0080-\U0010ffff")
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
+_POSTMASTER = re.compile(r"<postmaster>", re.I)
 _PARAM = re.compile(r"^(?P<key>[A-Za-z0-9][A-Za-z0-9-]*)(?:=(?P<value>[\x21-\x3c\x3e-\x7e]+))?$")
 
 
@@ -54,6 +81,11 @@ class Mailbox:
     route: str | None = None
 
     @property
+    def utf8(self) -> bool:
+        """The mailbox has non-ASCII characters (it needs SMTPUTF8)."""
+        return not (self.local.isascii() and self.domain.isascii())
+
+    @property
     def quoted(self) -> bool:
         """The local part is a quoted string."""
         return self.local.startswith('"')
@@ -64,8 +96,33 @@ class Mailbox:
         return self.domain.startswith("[")
 
     def __str__(self) -> str:
-        """The mailbox as it goes on the wire, without any source route."""
-        return f"{self.local}@{self.domain}"
+        """The mailbox as it goes on the wire, without any source route (C{postmaster} has no domain)."""
+        return f"{self.local}@{self.domain}" if self.domain else self.local
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient(Mailbox):
+    """
+    A forward-path with the parameters of its RCPT command (C{NOTIFY},
+    C{ORCPT}): a L{Mailbox} to every policy that only looks at addresses.
+    """
+
+    parameters: Mapping[str, str | None] = field(default_factory=dict, compare=False, hash=False)
+
+
+def asciiDomain(domain: str) -> str:
+    """
+    A domain in its ASCII form (U-labels to A-labels, IDNA 2008 with UTS #46
+    mapping), lower case; address literals and ASCII domains as they are.
+
+    @raise AddressError: a non-ASCII domain that is not valid IDNA.
+    """
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as e:
+        raise AddressError(f"invalid internationalised domain: {e}") from None
 
 
 def _checkLiteral(literal: str) -> None:
@@ -82,20 +139,22 @@ def _checkLiteral(literal: str) -> None:
         raise AddressError(f"invalid address literal {literal}") from e
 
 
-def parsePath(text: str, allowNull: bool) -> Mailbox | None:
+def parsePath(text: str, allowNull: bool, utf8: bool = False) -> Mailbox | None:
     """
     Parse a reverse-path or forward-path such as C{<a@example.com>}.
 
     @param allowNull: accept C{<>} (the null reverse-path) and return C{None}.
+    @param utf8: the transaction declared SMTPUTF8: UTF-8 is allowed in the
+        local part and as U-labels in the domain.
     @raise AddressError: the path is not valid.
     """
     if text == "<>":
         if allowNull:
             return None
         raise AddressError("null address not allowed here")
-    if len(text) > MAX_PATH + 2:
+    if len(text.encode("utf-8")) > MAX_PATH + 2:
         raise AddressError("path too long")
-    m = _PATH.fullmatch(text)
+    m = (_PATH_UTF8 if utf8 else _PATH).fullmatch(text)
     if m is None:
         raise AddressError("syntax error in mailbox")
     local, domain = m.group("local"), m.group("domain")
@@ -105,7 +164,23 @@ def parsePath(text: str, allowNull: bool) -> Mailbox | None:
         raise AddressError("domain too long")
     if domain.startswith("["):
         _checkLiteral(domain)
+    else:
+        asciiDomain(domain)
     return Mailbox(local, domain, m.group("route"))
+
+
+def parseRecipient(text: str, parameters: Mapping[str, str | None], utf8: bool = False) -> Recipient:
+    """
+    Parse a forward-path (C{<postmaster>} without a domain included) with
+    the parameters of its RCPT command.
+
+    @raise AddressError: the path is not valid.
+    """
+    if _POSTMASTER.fullmatch(text):
+        return Recipient(text[1:-1], "", None, parameters)
+    mailbox = parsePath(text, allowNull=False, utf8=utf8)
+    assert mailbox is not None
+    return Recipient(mailbox.local, mailbox.domain, mailbox.route, parameters)
 
 
 def parseParameters(text: str) -> dict[str, str | None]:
@@ -179,10 +254,13 @@ def _splitMailboxes(value: str) -> list[tuple[str, list[str]]]:
 
 # The common forms, decided without the character loop: "a@b" and "Name <a@b>"
 # with a display name of plain words (no quotes, comments, commas or @).
-_SIMPLE_MAILBOX = re.compile(rf"(?:[A-Za-z0-9 .'_=?+-]*<)?(?P<spec>{_DOT_STRING}@{_DOMAIN})>?")
+_SIMPLE_MAILBOX = re.compile(
+    r"(?:[A-Za-z0-9 .'_=?+-]*<)?(?P<spec>[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>?"
+)
 
 
-def parseMailboxList(value: str) -> list[Mailbox]:
+def parseMailboxList(value: str, utf8: bool = False) -> list[Mailbox]:
     """
     Parse a header's mailbox list (RFC 5322 §3.4), as in C{From:}, strictly:
     each mailbox is an addr-spec or a display name followed by one
@@ -191,6 +269,7 @@ def parseMailboxList(value: str) -> list[Mailbox]:
 
     @raise AddressError: the value is not such a list.
     """
+    addrSpec = _ADDR_SPEC_UTF8 if utf8 else _ADDR_SPEC
     simple = _SIMPLE_MAILBOX.fullmatch(value.strip())
     if simple is not None and ("<" in value) == (">" in value):
         local, _, domain = simple.group("spec").rpartition("@")
@@ -205,7 +284,7 @@ def parseMailboxList(value: str) -> list[Mailbox]:
             spec = angles[0].strip()
         else:
             spec = outside.strip()
-        m = _ADDR_SPEC.fullmatch(spec)
+        m = addrSpec.fullmatch(spec)
         if m is None:
             raise AddressError(f"not an address: {spec[:60]!r}")
         mailboxes.append(Mailbox(m.group("local"), m.group("domain")))
@@ -216,9 +295,13 @@ def domainAllowed(domain: str, allowed: frozenset[str]) -> bool:
     """
     Salesforce's email domain filter: C{example.com} allows exactly that
     domain, C{*.example.com} allows its subdomains (not itself).  Case does
-    not matter; address literals never match.
+    not matter, an internationalised domain is compared in its ASCII form
+    (the form the store keeps); address literals never match.
     """
-    domain = domain.lower()
+    try:
+        domain = asciiDomain(domain)
+    except AddressError:
+        return False
     if domain in allowed:
         return True
     labels = domain.split(".")

@@ -69,7 +69,9 @@ class Transaction:
     @ivar queueId: the identifier in logs, the trace header and our replies.
     @ivar sender: the reverse-path, or C{None} for the null sender C{<>}.
     @ivar parameters: the MAIL FROM ESMTP parameters, keys upper case.
-    @ivar recipients: the recipients the upstream accepted so far, in order.
+    @ivar recipients: the recipients the upstream accepted so far, in order
+        (L{relay.core.address.Recipient}s: mailboxes with their RCPT
+        parameters).
     @ivar size: message bytes received so far (the trace header not counted).
     @ivar notes: free space for plugins; by convention keyed by plugin name.
     @ivar dataStarted: when the client sent DATA (reactor time), or C{None}.
@@ -82,3 +84,8 @@ class Transaction:
     size: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     dataStarted: float | None = None
+
+    @property
+    def utf8(self) -> bool:
+        """The client declared SMTPUTF8 (RFC 6531): addresses and headers may be UTF-8."""
+        return "SMTPUTF8" in self.parameters

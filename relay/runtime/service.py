@@ -200,6 +200,7 @@ class RelayService(MultiService):
             hostname=options["hostname"],
             threadPool=self.threadPool,
             timeout=options["upstream-timeout"],
+            finalTimeout=options["upstream-final-timeout"],
         )
         self.upstreams = UpstreamPool(
             discovery.typesByScheme(),

@@ -46,9 +46,13 @@ class UpstreamContext:
     @ivar threadPool: a thread pool for blocking work (file I/O).
     @ivar timeout: default seconds to wait for any one reply (URL C{?timeout=}
         overrides); kept below the clients' own timeouts (RFC 5321 §4.5.3.2).
+    @ivar finalTimeout: seconds to wait for the reply to the end of data
+        (C{--upstream-final-timeout}): under the 10 minutes the client waits
+        for ours (RFC 5321 §4.5.3.2.6).
     """
 
     reactor: IRelayReactor
     hostname: str
     threadPool: ThreadPool
     timeout: float = 60.0
+    finalTimeout: float = 540.0

@@ -8,6 +8,7 @@ from collections import deque
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relay.core.envelope import ClientInfo, Transaction
@@ -15,6 +16,7 @@ from relay.core.headers import MAX_HEADER_BLOCK, HeaderBlock, splitHeaderBlock
 from relay.core.reply import Reply
 from relay.core.verdict import Verdict
 from relay.policy.chain import PolicyChain
+from relay.seams.upstream import UpstreamError
 from relay.server.throttle import Throttle
 from relay.upstreams.pool import Lease
 
@@ -24,6 +26,7 @@ HEADER_TOO_BIG = Reply.of(552, "5.3.4", "Message header block exceeds 64 KiB")
 # A first line starting with white space would continue our own Received: field (RFC 5322 §2.2.3).
 FOLDED_START = Reply.of(550, "5.6.0", "Message refused: the header section starts with a continuation line")
 UPSTREAM_LOST = Reply.of(451, "4.4.2", "Upstream connection lost; message not delivered, try again")
+MAX_UNREADY = 256 * 1024  # message bytes held for an upstream that has not said 354 yet (docs/design.md §2)
 UPSTREAM_STALLED = Reply.of(451, "4.4.2", "Upstream stopped reading; message not delivered, try again")
 
 
@@ -72,6 +75,11 @@ class MessageStream:
     Carries one message's content (already un-dot-stuffed) into the
     upstream session.
 
+    The client got our 354 at once (docs/design.md §2), so the upstream
+    may not be ready yet: until its answer to DATA (C{ready}) is in, what is
+    to be forwarded is held, at most L{MAX_UNREADY} bytes before the client
+    is paused.  A refusal there is the client's reply after its dot.
+
     The header block is held until it is complete (or too big) so the
     header policies see it whole; the trace header and the block are then
     written upstream, and every later chunk is shown to the body policies
@@ -79,9 +87,13 @@ class MessageStream:
     chunks wait in order and the client is paused.
 
     @ivar refusal: the reply the client gets at the end of data instead of
-        the upstream's, once a policy refused or the upstream went away.
-    @ivar upstreamFailure: C{"lost"} or C{"stall"} when the upstream failed
-        while the message streamed, else C{None}.
+        the upstream's, once a policy refused, the upstream refused DATA or
+        went away.
+    @ivar dataRefused: the refusal is the upstream's answer to DATA (its
+        session is fine: it is reset and reused).
+    @ivar upstreamFailure: the L{UpstreamError} kind when the upstream
+        failed while the message streamed (C{"lost"}, C{"stall"}, ...), else
+        C{None}.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class MessageStream:
         throttle: Throttle,
         clock,
         stallTimeout: float,
+        ready: Deferred[Reply],
     ):
         self._client = client
         self._transaction = transaction
@@ -107,9 +120,49 @@ class MessageStream:
         self._drained: Deferred[None] | None = None
         self._attached = True
         self.refusal: Reply | None = None
+        self.dataRefused = False
         self.upstreamFailure: str | None = None
+        self._ready: bool | None = None  # the upstream's answer to DATA: pending, go ahead, refused
+        self._unready: list[bytes] = []
+        self._unreadySize = 0
         self._flow = _UpstreamFlow(throttle, clock, stallTimeout, self._stalled)
         upstream.registerProducer(self._flow, True)
+        ready.addCallbacks(self._readied, self._notReady)
+
+    def _readied(self, reply: Reply) -> None:
+        if reply.code // 100 == 3:
+            self._ready = True
+            held, self._unready = b"".join(self._unready), []
+            if held and self.refusal is None:
+                self._upstream.write(held)
+        else:
+            self._ready = False
+            if self.refusal is None:
+                self.refuse(reply)
+                self.dataRefused = True
+        self._unready, self._unreadySize = [], 0
+        self._throttle.release("unready")
+        self._maybeDrained()
+
+    def _notReady(self, failure: Failure) -> None:
+        self._ready = False
+        error = failure.value
+        if self.refusal is None:
+            self.refuse(UPSTREAM_LOST)
+            self.upstreamFailure = error.kind if isinstance(error, UpstreamError) else "protocol"
+        self._unready, self._unreadySize = [], 0
+        self._throttle.release("unready")
+        self._maybeDrained()
+
+    def _forward(self, data: bytes) -> None:
+        """Write upstream, or hold until the upstream is ready (pausing the client past the bound)."""
+        if self._ready:
+            self._upstream.write(data)
+        elif self._ready is None:
+            self._unready.append(data)
+            self._unreadySize += len(data)
+            if self._unreadySize > MAX_UNREADY:
+                self._throttle.hold("unready")
 
     def _stalled(self) -> None:
         """The upstream stopped reading: give it up, keep reading the client until its dot."""
@@ -162,8 +215,12 @@ class MessageStream:
         self._apply(verdict, forward, then)
         while self._backlog and not self._deciding and self.refusal is None:
             self._take(self._backlog.popleft())
+        self._maybeDrained()
+
+    def _maybeDrained(self) -> None:
+        """Tell L{finish}'s caller once every chunk is decided and the upstream's answer to DATA is in."""
         drained = self._drained
-        if drained is not None and not self._deciding:
+        if drained is not None and not self._deciding and self._ready is not None:
             self._drained = None
             drained.callback(None)
 
@@ -175,7 +232,7 @@ class MessageStream:
         elif not self._upstream.alive:
             self.refusal, self.upstreamFailure = UPSTREAM_LOST, "lost"
         else:
-            self._upstream.write(forward)
+            self._forward(forward)
             if then:
                 self._take(then)
 
@@ -188,12 +245,13 @@ class MessageStream:
     def finish(self) -> Deferred[None]:
         """
         The client sent the final dot: fires when every chunk has been
-        through the policies and written upstream.  A message without an
-        empty line after its header is all header.
+        through the policies and written upstream, and the upstream has
+        answered DATA.  A message without an empty line after its header is
+        all header.
         """
         if self._header is not None and self.refusal is None:
             self._headersComplete(self._header, len(self._header))
-        if not self._deciding:
+        if not self._deciding and self._ready is not None:
             return succeed(None)
         self._drained = Deferred()
         return self._drained

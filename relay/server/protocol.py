@@ -17,6 +17,7 @@ DATA, AUTH challenges, QUIT, 421).
 from __future__ import annotations
 
 import enum
+from collections import deque
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -126,7 +127,8 @@ class SMTPServerProtocol(Protocol):
         self._output: list[bytes] = []
         self._outputSize = 0  # octets in _output
         self._outputHeld = False  # the client does not read its replies: stop making more
-        self._waiting = False  # a command's reply is not ready yet
+        # Commands whose replies are not sent yet, in order: [verb, reply or None while it is awaited].
+        self._pending: deque[list] = deque()
         self._running = False  # inside _run: do not re-enter
         self._scanner: DataScanner | None = None
         self._lastActivity = 0.0
@@ -169,6 +171,23 @@ class SMTPServerProtocol(Protocol):
         _cancel(self._handshakeTimer)
         self.client.tls = tlsVersion(self.transport)
         self._ctx.reporter.tls("inbound", self.client.tls)
+
+    @property
+    def _waiting(self) -> bool:
+        """A command's reply is not sent yet."""
+        return bool(self._pending)
+
+    def _mayOverlap(self) -> bool:
+        """
+        Whether the next buffered command may be handled while replies are
+        awaited: an RCPT after RCPTs (the client pipelines its recipients,
+        and they go upstream together, RFC 2920).  Everything else waits,
+        and every reply goes out in order.
+        """
+        if self._mode is not Mode.COMMAND or any(verb != "RCPT" for verb, _ in self._pending):
+            return False
+        end = self._input.find(b"\n", 0, MAX_COMMAND_LINE)
+        return end >= 0 and self._input[:5].upper() == b"RCPT "
 
     def _enter(self, mode: Mode) -> None:
         """Change mode, as L{_TRANSITIONS} allows."""
@@ -229,7 +248,9 @@ class SMTPServerProtocol(Protocol):
             return
         self._running = True
         try:
-            while not self._waiting and not self._outputHeld and self._input and self._mode is not Mode.CLOSED:
+            while not self._outputHeld and self._input and self._mode is not Mode.CLOSED:
+                if self._pending and not self._mayOverlap():
+                    break
                 if self._mode is Mode.DATA:
                     data, self._input = self._input, b""
                     self._dataChunk(data)
@@ -258,20 +279,24 @@ class SMTPServerProtocol(Protocol):
         if line[-1:] == b"\r":
             line = line[:-1]
         if len(line) + 2 > MAX_AUTH_LINE:
-            self._answer(LINE_TOO_LONG, "LINE")
+            self._step("LINE", LINE_TOO_LONG)
         elif self._mode is Mode.AUTH:
             self._step("AUTH", self.session.authResponse(line))
         elif len(line) + 2 > MAX_COMMAND_LINE and line[:5].upper() != b"AUTH ":
-            self._answer(LINE_TOO_LONG, "LINE")
+            self._step("LINE", LINE_TOO_LONG)
         else:
             try:
-                text = line.decode("ascii")
+                text = line.decode("utf-8")  # UTF-8 only where SMTPUTF8 allows it (RFC 6531): the session decides
             except UnicodeDecodeError:
-                self._answer(LINE_NOT_ASCII, "LINE")
+                self._step("LINE", LINE_NOT_ASCII)
                 return True
             verb, _, arg = text.partition(" ")
             verb = verb.upper()
-            self._step(verb, self.session.command(verb, arg.strip()))
+            try:
+                result = self.session.command(verb, arg.strip())
+            except Exception:
+                result = self._failed(Failure(), verb)
+            self._step(verb, result)
         return True
 
     def _dataChunk(self, data: bytes) -> None:
@@ -289,22 +314,31 @@ class SMTPServerProtocol(Protocol):
             self._step("EOD", self.session.endOfData(error))
 
     def _step(self, verb: str, result: Reply | Deferred[Reply]) -> None:
-        """Answer now, or hold further input until the reply is ready."""
+        """Answer now, or once the replies before this one are out and this one is ready."""
         if not isinstance(result, Deferred):
-            self._answer(result, verb)
+            if not self._pending:
+                self._answer(result, verb)
+                return
+            self._pending.append([verb, result])
             return
-        self._waiting = True
-        result.addErrback(self._failed, verb).addCallback(self._answer, verb).addCallback(self._resume)
+        slot = [verb, None]
+        self._pending.append(slot)
+        result.addErrback(self._failed, verb).addCallback(self._ready, slot)
+
+    def _ready(self, reply: Reply, slot: list) -> None:
+        """A reply is ready: send it, and those after it that are ready too, in order."""
+        slot[1] = reply
+        while self._pending and self._pending[0][1] is not None:
+            verb, reply = self._pending.popleft()
+            self._answer(reply, verb)
+        if not self._pending:
+            self._lastActivity = self._clock.seconds()  # the client had to wait for us: its idle time starts now
+            self._run()
 
     def _failed(self, failure: Failure, verb: str) -> Reply:
         self.log.failure("session {session}: error handling {verb}", failure, session=self.client.sessionId, verb=verb)
         self.session.abortTransaction()  # the upstream may be anywhere, even in DATA: never reset, never reuse
         return INTERNAL
-
-    def _resume(self, _: None) -> None:
-        self._waiting = False
-        self._lastActivity = self._clock.seconds()  # the client had to wait for us: its idle time starts now
-        self._run()
 
     def _answer(self, reply: Reply, verb: str) -> None:
         """Queue a reply and apply what it means for the connection."""

@@ -15,11 +15,15 @@ __all__ = ["traceHeader"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
 
 
-def _protocol(client: ClientInfo) -> str:
-    """RFC 3848 'with' keywords: ESMTP, plus S for TLS, plus A for AUTH."""
+def _protocol(client: ClientInfo, utf8: bool) -> str:
+    """
+    RFC 3848 'with' keywords: ESMTP, plus S for TLS, plus A for AUTH; UTF8SMTP
+    and its S and A forms for an SMTPUTF8 transaction (RFC 6531 §4.3).
+    """
     if not client.esmtp:
         return "SMTP"
-    return "ESMTP" + ("S" if client.tls else "") + ("A" if client.username else "")
+    base = "UTF8SMTP" if utf8 else "ESMTP"
+    return base + ("S" if client.tls else "") + ("A" if client.username else "")
 
 
 @lru_cache(maxsize=2)
@@ -43,6 +47,6 @@ def traceHeader(client: ClientInfo, transaction: Transaction, hostname: str, now
     when = _date(int(now))
     return (
         f"Received: from {helo} ([{address}])\r\n"
-        f"\tby {hostname} (smtprelay) with {_protocol(client)}{tls}\r\n"
+        f"\tby {hostname} (smtprelay) with {_protocol(client, transaction.utf8)}{tls}\r\n"
         f"\tid {transaction.queueId}{recipient}; {when}\r\n"
-    ).encode("ascii")
+    ).encode("utf-8" if transaction.utf8 else "ascii")

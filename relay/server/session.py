@@ -10,6 +10,7 @@ it has to wait for a policy, the credential checker or the upstream.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import cast
 
 from twisted.cred.credentials import IUsernamePassword
@@ -20,12 +21,13 @@ from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse
 from twisted.mail.interfaces import IChallengeResponse
 
-from relay.core.address import AddressError, parseParameters, parsePath
+from relay.core.address import AddressError, Recipient, parseParameters, parsePath, parseRecipient
 from relay.core.envelope import ClientInfo, Transaction, newQueueId
 from relay.core.logtext import logText
 from relay.core.maybe import settle, then
 from relay.core.reply import Reply
 from relay.core.tenant import Tenant
+from relay.core.verdict import Verdict
 from relay.seams.upstream import UpstreamError
 from relay.server.context import ServerContext
 from relay.server.dataframe import DataError
@@ -34,11 +36,22 @@ from relay.server.message import UPSTREAM_LOST, MessageStream
 from relay.server.received import traceHeader
 from relay.server.sasl import MECHANISMS, decodeResponse, encodeChallenge
 from relay.server.throttle import Throttle
-from relay.upstreams.pool import Lease
+from relay.upstreams.pool import Lease, Route
 
 __all__ = ["RelaySession"]
 
 OK = Reply.of(250, "2.0.0", "Ok")
+MAIL_OK = Reply.of(250, "2.1.0", "Ok")
+NEEDS_SMTPUTF8 = Reply.of(553, "5.6.7", "Non-ASCII addresses need SMTPUTF8 (RFC 6531)")
+FINAL_UNKNOWN = Reply.of(
+    451,
+    "4.4.7",
+    "The upstream did not answer the end of data in time: the outcome is unknown, it may have been delivered",
+)
+MAX_ENVID = 100  # RFC 3461 §4.4
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")  # RFC 3461 §4
+_NOTIFY = re.compile(r"NEVER|(?:SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*", re.I)
+_ORCPT = re.compile(r"[A-Za-z0-9-]+;.+")
 BYE = Reply.of(221, "2.0.0", "Bye")
 UNKNOWN = Reply.of(500, "5.5.2", "Error: command not recognized")
 NO_PARAMETERS = Reply.of(501, "5.5.4", "Syntax error: no parameters allowed")
@@ -88,18 +101,43 @@ def _syntax(what: str) -> Reply:
     return Reply.of(501, "5.5.4", f"Syntax: {what}")
 
 
+def _checkRcptParameters(parameters: dict[str, str | None]) -> Reply | None:
+    """RCPT takes the DSN parameters (RFC 3461 §4.1, §4.2), nothing else."""
+    for key, value in parameters.items():
+        if key == "NOTIFY":
+            if value is None or not _NOTIFY.fullmatch(value):
+                return Reply.of(501, "5.5.4", "NOTIFY must be NEVER or SUCCESS, FAILURE, DELAY (RFC 3461)")
+        elif key == "ORCPT":
+            if value is None or not _ORCPT.fullmatch(value) or len(value) > 500:
+                return Reply.of(501, "5.5.4", "ORCPT must be addr-type;xtext (RFC 3461)")
+        else:
+            return Reply.of(555, "5.5.4", f"Unsupported RCPT parameter {key}")
+    return None
+
+
+MIXED = Reply.of(451, "4.5.0", "Delivered to some recipients only; try again for the others")
+
+
 def finalReply(replies: list[Reply], queueId: str) -> Reply:
     """
     The one reply the client gets for the upstream's end-of-data replies
     (one per message, or one per recipient for LMTP): success only if every
-    recipient succeeded, else the first temporary failure (so the client
-    retries), else the first permanent one.  The queue id is appended.
+    recipient succeeded; when some did, the first temporary failure, or
+    L{MIXED} (never a 5xx: a copy was delivered); when none did, the first
+    temporary failure (so the client retries), else the first permanent
+    one.  The queue id is appended.
     """
     if not replies:
         reply = NO_REPLY
     else:
         failed = [r for r in replies if not r.positive]
-        reply = next((r for r in failed if r.transient), failed[0]) if failed else replies[0]
+        transient = next((r for r in failed if r.transient), None)
+        if not failed:
+            reply = replies[0]
+        elif len(failed) < len(replies):
+            reply = transient or MIXED
+        else:
+            reply = transient or failed[0]
     return reply.withText(*reply.lines[:-1], f"{reply.lines[-1]} (queue id {queueId})")
 
 
@@ -122,7 +160,12 @@ class RelaySession:
         self._networkTenant = None  # the tenant of a --no-auth network the client is in
         self.transactions = 0
         self._transaction: Transaction | None = None
-        self._upstream: Lease | None = None
+        self._route: Route | None = None  # from MAIL: the tenant's upstreams for this transaction
+        self._opening: list[Deferred[None]] | None = None  # while MAIL goes upstream: RCPTs waiting for it
+        self._upstream: Lease | None = None  # once an upstream took MAIL
+        self._refusal: Reply | None = None  # no upstream took MAIL: every RCPT gets this
+        self._rcptsInFlight = 0
+        self._reported = False
         self._stream: MessageStream | None = None
 
     # -- connection ---------------------------------------------------------
@@ -186,7 +229,7 @@ class RelaySession:
         if not arg:
             return _syntax("EHLO hostname")
         self._hello(arg, esmtp=True)
-        keywords = ["PIPELINING", f"SIZE {self.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        keywords = ["PIPELINING", f"SIZE {self.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
         if self._ctx.tls is not None and not self._secure:
             keywords.append("STARTTLS")
         if self._secure or self._ctx.allowInsecureAuth:
@@ -219,8 +262,8 @@ class RelaySession:
         return TLS_GO
 
     def do_AUTH(self, arg: str) -> Reply | Deferred[Reply]:
-        if not self.client.esmtp:
-            return NEED_EHLO
+        if not self._greeted:  # after HELO too, as Postfix accepts it
+            return NEED_HELO
         if self.client.tenant is not None:
             return AUTH_DONE
         if self._transaction is not None:
@@ -342,19 +385,26 @@ class RelaySession:
         if m is None or (m.group(2) and not m.group(2).startswith(" ")):
             return _syntax("MAIL FROM:<address> [parameters]")
         try:
-            sender = parsePath(m.group(1), allowNull=True)
-        except AddressError as e:
-            return Reply.of(501, "5.1.7", f"Bad sender address syntax: {e}")
-        try:
             parameters = parseParameters(m.group(2))
         except AddressError as e:
             return Reply.of(501, "5.5.4", f"Syntax error in parameters: {e}")
         problem = self._checkMailParameters(parameters)
         if problem is not None:
             return problem
+        utf8 = "SMTPUTF8" in parameters
+        if not (utf8 or m.group(1).isascii()):
+            return NEEDS_SMTPUTF8
+        try:
+            sender = parsePath(m.group(1), allowNull=True, utf8=utf8)
+        except AddressError as e:
+            return Reply.of(501, "5.1.7", f"Bad sender address syntax: {e}")
         self._transaction = Transaction(newQueueId(), sender, parameters)
+        self._reported = False
         self.transactions += 1
-        return Deferred.fromCoroutine(self._mail(self.client.tenant, self._transaction))
+        return then(
+            self._ctx.policies.check("mailFrom", self.client, self._transaction),
+            partial(self._mailChecked, self.client.tenant, self._transaction),
+        )
 
     def _checkMailParameters(self, parameters: dict[str, str | None]) -> Reply | None:
         for key, value in parameters.items():
@@ -367,32 +417,31 @@ class RelaySession:
             elif key == "BODY":
                 if (value or "").upper() not in _BODY_TYPES:
                     return Reply.of(501, "5.5.4", "Unsupported BODY type")
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return Reply.of(501, "5.5.4", "SMTPUTF8 takes no value")
+            elif key == "RET":
+                if (value or "").upper() not in ("FULL", "HDRS"):
+                    return Reply.of(501, "5.5.4", "RET must be FULL or HDRS (RFC 3461)")
+            elif key == "ENVID":
+                if value is None or len(value) > MAX_ENVID or not _XTEXT.fullmatch(value):
+                    return Reply.of(501, "5.5.4", "ENVID must be xtext of at most 100 characters (RFC 3461)")
             elif key != "AUTH":  # RFC 4954 §5: accepted, not passed on
                 return Reply.of(555, "5.5.4", f"Unsupported parameter {key}")
         return None
 
-    async def _mail(self, tenant: Tenant, transaction: Transaction) -> Reply:
-        verdict = await settle(self._ctx.policies.check("mailFrom", self.client, transaction))
+    def _mailChecked(self, tenant: Tenant, transaction: Transaction, verdict: Verdict) -> Reply:
+        """
+        The policies passed MAIL: the relay answers it (docs/design.md §2)
+        and starts opening an upstream session while the client goes on; MAIL
+        goes upstream with the first RCPT.
+        """
+        if self._transaction is not transaction:  # the client left meanwhile
+            return verdict.refusal if verdict.refuses else MAIL_OK
         if verdict.refuses:
             return self._finishTransaction(transaction, verdict.refusal)
-        sender = "" if transaction.sender is None else str(transaction.sender)
-        try:
-            upstream, reply = await self._ctx.upstreams.begin(tenant, sender, transaction.parameters)
-        except UpstreamError as e:
-            self.log.warn(
-                "{queueId} no upstream for {tenant}: {error}",
-                queueId=transaction.queueId,
-                tenant=tenant.name,
-                error=e,
-            )
-            return self._finishTransaction(transaction, NO_UPSTREAM)
-        if self._transaction is not transaction:  # the client left meanwhile
-            self._ctx.upstreams.release(upstream, reusable=True)
-            return reply
-        self._upstream = upstream
-        if not reply.positive:
-            return self._finishTransaction(transaction, reply)
-        return reply
+        self._route = self._ctx.upstreams.route(tenant)
+        return MAIL_OK
 
     def _finishTransaction(self, transaction: Transaction, reply: Reply, reusable: bool = True) -> Reply:
         """
@@ -410,34 +459,113 @@ class RelaySession:
         return self._finishTransaction(transaction, UPSTREAM_LOST, reusable=False)
 
     def do_RCPT(self, arg: str) -> Reply | Deferred[Reply]:
-        if self._transaction is None or self._upstream is None:  # the upstream is known once MAIL succeeded
+        transaction = self._transaction
+        if transaction is None or self._route is None:
             return NEED_MAIL
         m = _RCPT.fullmatch(arg)
         if m is None or (m.group(2) and not m.group(2).startswith(" ")):
-            return _syntax("RCPT TO:<address>")
+            return _syntax("RCPT TO:<address> [parameters]")
         try:
-            recipient = parsePath(m.group(1), allowNull=False)
+            parameters = parseParameters(m.group(2))
+        except AddressError as e:
+            return Reply.of(501, "5.5.4", f"Syntax error in parameters: {e}")
+        problem = _checkRcptParameters(parameters)
+        if problem is not None:
+            return problem
+        if not (transaction.utf8 or m.group(1).isascii()):
+            return NEEDS_SMTPUTF8
+        try:
+            recipient = parseRecipient(m.group(1), parameters, utf8=transaction.utf8)
         except AddressError as e:
             return Reply.of(501, "5.1.3", f"Bad recipient address syntax: {e}")
-        if m.group(2).strip():
-            return Reply.of(555, "5.5.4", "Unsupported RCPT parameters")
-        if len(self._transaction.recipients) >= self._ctx.maxRecipients:
+        if len(transaction.recipients) + self._rcptsInFlight >= self._ctx.maxRecipients:
             # RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction.
             return self._recipientRefused(TOO_MANY_RECIPIENTS)
-        return Deferred.fromCoroutine(self._rcpt(self._transaction, self._upstream, recipient))
+        self._rcptsInFlight += 1
+        return Deferred.fromCoroutine(self._rcpt(transaction, recipient))
 
-    async def _rcpt(self, transaction: Transaction, upstream: Lease, recipient) -> Reply:
-        verdict = await settle(self._ctx.policies.check("rcptTo", self.client, transaction, recipient))
-        if verdict.refuses:
-            return self._recipientRefused(verdict.refusal)
+    async def _rcpt(self, transaction: Transaction, recipient: Recipient) -> Reply:
         try:
-            reply = await upstream.rcptTo(str(recipient), {})
-        except UpstreamError as e:
-            return self._upstreamBroke(transaction, upstream, e)
-        if reply.positive:
+            verdict = await settle(self._ctx.policies.check("rcptTo", self.client, transaction, recipient))
+            if verdict.refuses:
+                return self._recipientRefused(verdict.refusal)
+            try:
+                reply = await self._sendRecipient(transaction, recipient)
+            except UpstreamError as e:
+                upstream = self._upstream
+                if upstream is None or self._transaction is not transaction:
+                    return UPSTREAM_LOST
+                return self._upstreamBroke(transaction, upstream, e)
+        finally:
+            self._rcptsInFlight -= 1
+        if reply.positive and self._transaction is transaction:
             transaction.recipients.append(recipient)
             return reply
         return self._recipientRefused(reply)
+
+    async def _sendRecipient(self, transaction: Transaction, recipient: Recipient) -> Reply:
+        """
+        RCPT upstream.  The first one begins the transaction there (MAIL
+        with it, with failover, see L{relay.upstreams.pool.Route}); one sent
+        meanwhile (the client pipelines) waits for that.  When no upstream
+        took MAIL, every RCPT gets that reply.
+        """
+        while self._opening is not None:
+            waiter: Deferred[None] = Deferred()
+            self._opening.append(waiter)
+            await waiter
+        if self._transaction is not transaction:
+            return UPSTREAM_LOST
+        if self._refusal is not None:
+            return self._refusal
+        if self._upstream is not None:
+            return await self._upstream.rcptTo(str(recipient), dict(recipient.parameters))
+        route = self._route
+        assert route is not None, "MAIL began the route"
+        self._opening = []
+        try:
+            return await self._begin(transaction, route, recipient)
+        finally:
+            self._opened()
+
+    def _opened(self) -> None:
+        """The transaction's state upstream is known (begun, or refused): RCPTs sent meanwhile go on with it."""
+        waiting, self._opening = self._opening, None
+        for each in waiting or ():
+            each.callback(None)
+
+    async def _begin(self, transaction: Transaction, route: Route, recipient: Recipient) -> Reply:
+        sender = "" if transaction.sender is None else str(transaction.sender)
+        try:
+            opening = await route.start(sender, transaction.parameters, str(recipient), dict(recipient.parameters))
+        except UpstreamError as e:
+            self.log.warn(
+                "{queueId} no upstream took MAIL for {tenant}: {error}",
+                queueId=transaction.queueId,
+                tenant=self.client.tenant.name if self.client.tenant else "-",
+                error=e,
+            )
+            # The last upstream's own refusal of MAIL when it gave one (its code and text), else ours.
+            refused = e.reply if e.kind == "mail" and e.reply is not None else NO_UPSTREAM
+            return self._refuseTransaction(transaction, refused)
+        if self._transaction is not transaction:  # the client left meanwhile
+            opening.rcpt.addErrback(lambda _: None)
+            self._ctx.upstreams.release(opening.lease, reusable=True)
+            return UPSTREAM_LOST
+        if not opening.mail.positive:
+            opening.rcpt.addErrback(lambda _: None)
+            self._ctx.upstreams.release(opening.lease, reusable=True)
+            return self._refuseTransaction(transaction, opening.mail)
+        self._upstream = opening.lease
+        self._opened()  # later RCPTs go up now, pipelined behind this one
+        return await opening.rcpt
+
+    def _refuseTransaction(self, transaction: Transaction, reply: Reply) -> Reply:
+        """No upstream took MAIL: this RCPT and every later one get C{reply}; the outcome is reported now."""
+        if self._transaction is transaction:
+            self._refusal = reply
+            self._report(transaction, reply)
+        return reply
 
     def _recipientRefused(self, reply: Reply) -> Reply:
         tenant = self.client.tenant.name if self.client.tenant is not None else "-"
@@ -445,34 +573,28 @@ class RelaySession:
         return reply
 
     def do_DATA(self, arg: str) -> Reply | Deferred[Reply]:
+        """Our 354 at once (docs/design.md §2): the upstream's answer to DATA is looked at after the dot."""
         if arg:
             return NO_PARAMETERS
-        if self._transaction is None or self._upstream is None:
+        transaction, upstream = self._transaction, self._upstream
+        if transaction is None:
             return NEED_MAIL
-        if not self._transaction.recipients:
+        if not transaction.recipients or upstream is None:
             return NO_RECIPIENTS
-        return Deferred.fromCoroutine(self._data(self._transaction, self._upstream))
-
-    async def _data(self, transaction: Transaction, upstream: Lease) -> Reply:
         transaction.dataStarted = self._ctx.reactor.seconds()
-        try:
-            reply = await upstream.data()
-        except UpstreamError as e:
-            return self._upstreamBroke(transaction, upstream, e)
-        if reply.code != 354:
-            return self._finishTransaction(transaction, reply)
-        if not self._closed:
-            trace = traceHeader(self.client, transaction, self._ctx.hostname, self._ctx.reactor.seconds())
-            self._stream = MessageStream(
-                self.client,
-                transaction,
-                upstream,
-                self._ctx.policies,
-                trace,
-                self._throttle,
-                self._ctx.reactor,
-                self._ctx.upstreamTimeout,
-            )
+        ready = upstream.data()
+        trace = traceHeader(self.client, transaction, self._ctx.hostname, self._ctx.reactor.seconds())
+        self._stream = MessageStream(
+            self.client,
+            transaction,
+            upstream,
+            self._ctx.policies,
+            trace,
+            self._throttle,
+            self._ctx.reactor,
+            self._ctx.upstreamTimeout,
+            ready,
+        )
         return GO_AHEAD
 
     def messageData(self, content: bytes) -> None:
@@ -502,16 +624,31 @@ class RelaySession:
             verdict = await settle(self._ctx.policies.check("endOfData", self.client, transaction))
             refusal = verdict.refusal if verdict.refuses else None
         if refusal is not None:
-            return self._finishTransaction(transaction, finalReply([refusal], transaction.queueId), reusable=False)
+            # A refusal of DATA by the upstream leaves its session usable; anything else was streamed: abort.
+            reply = finalReply([refusal], transaction.queueId)
+            return self._finishTransaction(transaction, reply, reusable=stream.dataRefused)
         stream.stop()
         try:
             replies = await upstream.end()
         except UpstreamError as e:
-            reply = self._upstreamBroke(transaction, upstream, e)
-            return finalReply([reply], transaction.queueId)
+            if e.kind != "timeout":
+                return finalReply([self._upstreamBroke(transaction, upstream, e)], transaction.queueId)
+            self.log.warn(
+                "{queueId} timeout: no final reply from {upstream}: {error}; the outcome is unknown",
+                queueId=transaction.queueId,
+                upstream=upstream.peer,
+                error=e,
+            )
+            self._ctx.reporter.upstreamError(upstream.upstreamType, e.kind)
+            reply = finalReply([FINAL_UNKNOWN], transaction.queueId)
+            return self._finishTransaction(transaction, reply, reusable=False)
         return self._finishTransaction(transaction, finalReply(replies, transaction.queueId))
 
     def _report(self, transaction: Transaction, reply: Reply, aborted: bool = False) -> None:
+        """Count and log the transaction's outcome, once."""
+        if self._reported:
+            return
+        self._reported = True
         started = transaction.dataStarted
         seconds = 0.0 if started is None else self._ctx.reactor.seconds() - started
         peer = self._upstream.peer if self._upstream is not None else None
@@ -544,11 +681,13 @@ class RelaySession:
 
     def _endTransaction(self, reusable: bool) -> None:
         """Forget the current transaction and hand its upstream session back."""
-        transaction, upstream, stream = self._transaction, self._upstream, self._stream
-        self._transaction = self._upstream = self._stream = None
+        transaction, upstream, stream, route = self._transaction, self._upstream, self._stream, self._route
+        self._transaction = self._upstream = self._stream = self._route = self._refusal = None
         if stream is not None:
             stream.stop()
         if upstream is not None:
             self._ctx.upstreams.release(upstream, reusable)
+        elif route is not None:
+            route.cancel()
         if transaction is not None:
             self._ctx.policies.notify("reset", self.client, transaction)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict, deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -33,7 +34,7 @@ from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
 from relay.seams.registration import PluginError, conformance
 from relay.seams.upstream import UpstreamContext, UpstreamError
 
-__all__ = ["Lease", "UpstreamPool"]
+__all__ = ["Lease", "Opening", "Route", "UpstreamPool"]
 
 
 class Lease:
@@ -124,7 +125,19 @@ class Lease:
             raise UpstreamError(
                 "protocol", f"upstream type {self.upstreamType} answered {method} with {reply!r}, not a Reply"
             )
-        return reply
+        return self._closing(reply)
+
+    def _closing(self, reply: Reply) -> Reply:
+        """
+        An upstream's 421 closes the upstream's connection, not our client's
+        session: the client gets it as a 451 (same text) and the session is
+        not used again.
+        """
+        if reply.code != 421:
+            return reply
+        self._failed = True
+        enhanced = reply.enhanced if reply.enhanced and reply.enhanced.startswith("4.") else "4.4.2"
+        return Reply(451, enhanced, reply.lines)
 
     def _replies(self, replies: object) -> list[Reply]:
         if not isinstance(replies, (list, tuple)) or not replies or not all(isinstance(r, Reply) for r in replies):
@@ -132,7 +145,7 @@ class Lease:
             raise UpstreamError(
                 "protocol", f"upstream type {self.upstreamType} answered end with {replies!r}, not replies"
             )
-        return list(replies)
+        return [self._closing(reply) for reply in replies]
 
 
 class UpstreamPool:
@@ -171,44 +184,16 @@ class UpstreamPool:
         self._waiting: dict[UpstreamURL, deque[Deferred[tuple[Lease, bool]]]] = defaultdict(deque)
         self._leases: set[Lease] = set()
 
-    def begin(self, tenant: Tenant, sender: str, parameters: dict[str, str | None]) -> Deferred[tuple[Lease, Reply]]:
+    def route(self, tenant: Tenant) -> Route:
         """
-        Start a transaction with the first of the tenant's upstreams that
-        answers MAIL FROM.
-
-        @return: a Deferred firing with the lease and the upstream's reply
-            to MAIL (whatever it is), or failing with L{UpstreamError} when
-            no upstream could be reached.
+        The tenant's upstreams for one transaction, in the order they are
+        tried; a session to the first is opened (or taken from the pool) at
+        once, while the client goes on with its envelope.
         """
-        return Deferred.fromCoroutine(self._begin(tenant, sender, parameters))
+        return Route(self, tenant)
 
     def _inOrder(self, upstreams: tuple[Upstream, ...]) -> list[Upstream]:
         return sorted(upstreams, key=lambda u: (u.priority, self._random.random()))
-
-    async def _begin(self, tenant: Tenant, sender: str, parameters) -> tuple[Lease, Reply]:
-        error = None
-        for upstream in self._inOrder(tenant.upstreams):
-            reused = True
-            while reused:
-                try:
-                    lease, reused = await self._acquire(upstream.url)
-                except UpstreamError as e:
-                    self.log.warn(
-                        "upstream {url} of {tenant} unavailable: {error}",
-                        url=upstream.url.redacted(),
-                        tenant=tenant.name,
-                        error=e,
-                    )
-                    error = e
-                    break
-                try:
-                    return lease, await lease.mailFrom(sender, parameters)
-                except UpstreamError as e:
-                    # A reused session may have died while idle: try a fresh one.
-                    self._reporter.upstreamError(lease.upstreamType, e.kind)
-                    self.release(lease, reusable=False)
-                    error = e
-        raise error or UpstreamError("connect", f"tenant {tenant.name} has no upstream")
 
     def _acquire(self, url: UpstreamURL) -> Deferred[tuple[Lease, bool]]:
         """A session to C{url}: idle if one is, new if under the cap, else wait."""
@@ -323,3 +308,127 @@ class UpstreamPool:
                 closing.append(lease.close())
             idle.clear()
         return gatherResults(closing).addCallback(lambda _: None)
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """
+    A transaction begun at an upstream: MAIL and the first RCPT sent (in one
+    write to an upstream with PIPELINING).
+
+    @ivar mail: the upstream's reply to MAIL: positive, or a permanent
+        refusal (temporary ones moved on to the next upstream).
+    @ivar rcpt: fires with its reply to the first RCPT.
+    """
+
+    lease: Lease
+    mail: Reply
+    rcpt: Deferred[Reply]
+
+
+def _ignored(failure: Failure) -> None:
+    """The reply of a command sent with one that failed: its outcome is that one's."""
+
+
+class Route:
+    """
+    One transaction's way through a tenant's upstreams (docs/design.md §2):
+    while nothing has been streamed, an upstream that cannot be reached, that
+    breaks, or that refuses MAIL with a 4xx moves the transaction on to the
+    next one; a reused session that broke is tried once more, fresh.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: UpstreamPool, tenant: Tenant):
+        self._pool = pool
+        self._tenant = tenant
+        self._candidates: deque[Upstream] = deque(pool._inOrder(tenant.upstreams))
+        self._again: set[UpstreamURL] = set()  # upstreams whose reused session broke: retried fresh once
+        self._prefetch: Deferred[tuple[Lease, bool]] | None = None
+        self._startedAt: Upstream | None = None
+        if self._candidates:
+            self._startedAt = self._candidates.popleft()
+            self._prefetch = pool._acquire(self._startedAt.url)
+
+    def start(self, sender: str, mailParameters: dict, recipient: str, rcptParameters: dict) -> Deferred[Opening]:
+        """
+        Begin the transaction at the first upstream that takes it.
+
+        @return: a Deferred firing with the L{Opening}, or failing with the
+            last L{UpstreamError} when no upstream took it.
+        """
+        return Deferred.fromCoroutine(self._start(sender, mailParameters, recipient, rcptParameters))
+
+    async def _start(self, sender: str, mailParameters: dict, recipient: str, rcptParameters: dict) -> Opening:
+        error: UpstreamError | None = None
+        while True:
+            try:
+                upstream, lease, reused = await self._next()
+            except UpstreamError as e:
+                raise error or e from None
+            except _Unreachable as e:
+                error = e.error
+                continue
+            mail = lease.mailFrom(sender, mailParameters)
+            rcpt = lease.rcptTo(recipient, rcptParameters)
+            try:
+                reply = await mail
+            except UpstreamError as e:
+                rcpt.addErrback(_ignored)
+                self._pool._reporter.upstreamError(lease.upstreamType, e.kind)
+                self._pool.release(lease, reusable=False)
+                if reused and upstream.url not in self._again:  # it may have died while idle
+                    self._again.add(upstream.url)
+                    self._candidates.appendleft(upstream)
+                error = e
+                continue
+            if reply.transient:
+                rcpt.addErrback(_ignored)
+                self.log.warn(
+                    "upstream {url} of {tenant} refused MAIL for now ({code} {text}); trying the next one",
+                    url=upstream.url.redacted(),
+                    tenant=self._tenant.name,
+                    code=reply.code,
+                    text=reply.text,
+                )
+                self._pool.release(lease, reusable=True)
+                error = UpstreamError("mail", f"MAIL refused: {reply.code} {reply.text}", reply)
+                continue
+            return Opening(lease, reply, rcpt)
+
+    async def _next(self) -> tuple[Upstream, Lease, bool]:
+        """The next upstream to try and a session to it."""
+        if self._prefetch is not None:
+            upstream, d = self._startedAt, self._prefetch
+            self._prefetch = None
+        elif self._candidates:
+            upstream = self._candidates.popleft()
+            d = self._pool._acquire(upstream.url)
+        else:
+            raise UpstreamError("connect", f"tenant {self._tenant.name} has no upstream left to try")
+        assert upstream is not None
+        try:
+            lease, reused = await d
+        except UpstreamError as e:
+            self.log.warn(
+                "upstream {url} of {tenant} unavailable: {error}",
+                url=upstream.url.redacted(),
+                tenant=self._tenant.name,
+                error=e,
+            )
+            raise _Unreachable(e) from None
+        return upstream, lease, reused
+
+    def cancel(self) -> None:
+        """The transaction ended before it began (RSET, QUIT): give back the session opened for it."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            prefetch.addCallbacks(lambda result: self._pool.release(result[0], reusable=True), _ignored)
+
+
+class _Unreachable(Exception):
+    """One upstream could not be reached; the next is tried."""
+
+    def __init__(self, error: UpstreamError):
+        self.error = error

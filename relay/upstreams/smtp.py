@@ -7,17 +7,22 @@ URL forms (docs/design.md §4)::
     smtp+starttls://user:pass@host[:587] STARTTLS required
     smtps://user:pass@host[:465]        implicit TLS
 
-Query options: C{verify=no} (do not verify the certificate), C{ca=PATH}
-(trust these PEM certificates instead of the system's), C{timeout=SECONDS}
-(per reply), C{auth=plain|login}.  Credentials are only ever sent over TLS.
+Query options: C{verify=yes|no}, C{ca=PATH} (trust these PEM certificates
+instead of the system's), C{timeout=SECONDS} (per reply),
+C{auth=plain|login}.  Certificates are checked after the handshake
+(L{relay.upstreams.certificates}): C{smtp://} without credentials encrypts
+opportunistically unless C{verify=yes}; credentials, C{smtp+starttls://}
+and C{smtps://} need a verified certificate unless C{verify=no}.
+Credentials are only ever sent over TLS.
 """
 
 from __future__ import annotations
 
 import os
 from base64 import b64encode
-from typing import TypeVar
+from typing import TypeVar, cast
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
@@ -28,15 +33,18 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from relay.core.tls import MINIMUM_TLS, pemCertificates, tlsVersion
 from relay.core.urls import UpstreamURL
 from relay.seams.interfaces import IUpstreamType
 from relay.seams.upstream import UpstreamContext, UpstreamError
+from relay.upstreams.certificates import checkCertificate, mustVerify, upstreamTLS, verifies
 from relay.upstreams.smtpclient import SMTPClientProtocol, SMTPSession
 
 S = TypeVar("S", bound=SMTPSession)
+log = Logger()
 
 __all__ = [
     "SMTPUpstreamType",
@@ -49,7 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465, "lmtp": 24}
-OPTIONS = {"verify", "ca", "timeout", "auth"}
+OPTIONS = frozenset({"verify", "ca", "timeout", "auth"})
 
 
 def validateOptions(url: UpstreamURL, known: frozenset[str] | set[str] = OPTIONS) -> None:
@@ -84,9 +92,11 @@ def replyTimeout(url: UpstreamURL, context: UpstreamContext) -> float:
 
 def clientTLSOptions(url: UpstreamURL):
     """
-    The client TLS settings for an upstream URL: the certificate of
-    C{url.host} verified (against C{?ca=} or the platform's trust roots)
-    unless C{?verify=no}; TLS 1.2 at least.
+    Verifying client TLS settings for an upstream URL (the webhook type's):
+    the certificate of C{url.host} verified in the handshake (against
+    C{?ca=} or the platform's trust roots) unless C{?verify=no}; TLS 1.2 at
+    least.  SMTP and LMTP check theirs after the handshake instead
+    (L{relay.upstreams.certificates}).
     """
     if url.option("verify", "yes") == "no":
         return CertificateOptions(raiseMinimumTo=MINIMUM_TLS)
@@ -98,7 +108,9 @@ def clientTLSOptions(url: UpstreamURL):
     return optionsForClientTLS(url.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS})
 
 
-def validateServerURL(url: UpstreamURL, schemes: tuple[str, ...], protocol: str) -> None:
+def validateServerURL(
+    url: UpstreamURL, schemes: tuple[str, ...], protocol: str, known: frozenset[str] | set[str] = OPTIONS
+) -> None:
     """
     Check a C{scheme://[user:pass@]host[:port][?options]} URL of the SMTP or
     LMTP types.
@@ -112,7 +124,7 @@ def validateServerURL(url: UpstreamURL, schemes: tuple[str, ...], protocol: str)
         raise ValueError(f"an {protocol} upstream needs a host")
     if url.path not in ("", "/"):
         raise ValueError(f"an {protocol} upstream URL has no path")
-    validateOptions(url)
+    validateOptions(url, known)
 
 
 def tcpEndpoint(url: UpstreamURL, context: UpstreamContext) -> tuple[HostnameEndpoint, str]:
@@ -151,6 +163,22 @@ async def _authenticate(protocol: SMTPClientProtocol, extensions: dict[str, str]
         raise UpstreamError("auth", f"upstream refused our credentials: {reply.code} {reply.text}", reply)
 
 
+def _checkTLS(protocol: SMTPClientProtocol, url: UpstreamURL, peer: str) -> None:
+    """
+    The upstream's certificate, checked before anything but EHLO was sent:
+    a failure ends the connection where verification is required, and is
+    logged otherwise (opportunistic TLS, RFC 7435).
+    """
+    if not verifies(url):
+        return
+    check = checkCertificate(cast(SSL.Connection, protocol.transport.getHandle()), url.host, url.options.get("ca"))
+    if check.verified:
+        return
+    if mustVerify(url):
+        raise UpstreamError("tls", f"{peer}: {check.reason}")
+    log.warn("opportunistic TLS to {peer}: {reason}; encrypting anyway", peer=peer, reason=check.reason)
+
+
 async def connectSMTP(
     endpoint,
     peer: str,
@@ -179,6 +207,8 @@ async def connectSMTP(
         raise UpstreamError("connect", f"cannot connect to {peer}: {e}") from None
     try:
         greeting = await protocol.greeting
+        if url.scheme == "smtps":
+            _checkTLS(protocol, url, peer)
         if greeting.code != 220:
             raise UpstreamError("refused", f"upstream greeted us with {greeting.code} {greeting.text}", greeting)
         extensions = await _ehlo(protocol, greet)
@@ -189,9 +219,10 @@ async def connectSMTP(
             reply = await protocol.send(b"STARTTLS", discardAfter=True)
             if reply.code != 220:
                 raise UpstreamError("tls", f"{peer} refused STARTTLS: {reply.code} {reply.text}", reply)
-            protocol.transport.startTLS(clientTLSOptions(url))
+            protocol.transport.startTLS(upstreamTLS(url))
             secure = True
-            extensions = await _ehlo(protocol, greet)
+            extensions = await _ehlo(protocol, greet)  # the handshake is over once this is answered
+            _checkTLS(protocol, url, peer)
         if url.username is not None:
             if not secure:
                 raise UpstreamError("tls", f"refusing to send credentials to {peer} without TLS")
@@ -200,7 +231,7 @@ async def connectSMTP(
         protocol.abort("setup failed")
         raise
     tls = tlsVersion(protocol.transport) if secure else None
-    return session(protocol, extensions, tls)
+    return session(protocol, extensions, tls, context.finalTimeout, peer)
 
 
 @implementer(IUpstreamType)
@@ -215,6 +246,6 @@ class SMTPUpstreamType:
 
     def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[SMTPSession]:
         tcp, peer = tcpEndpoint(url, context)
-        endpoint = wrapClientTLS(clientTLSOptions(url), tcp) if url.scheme == "smtps" else tcp
+        endpoint = wrapClientTLS(upstreamTLS(url), tcp) if url.scheme == "smtps" else tcp
         greet = b"EHLO " + context.hostname.encode("ascii")
         return Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, greet, SMTPSession))

@@ -27,10 +27,12 @@ The request::
     the message exactly as the relay forwards it: its trace field, then the
     client's message, CRLF line ends, not dot-stuffed
 
-MAIL, RCPT and DATA are answered here (250, 250, 354); the POST starts at
-DATA and its body is fed as the relay writes, paused whenever the
-connection cannot take more.  The relay's reply to the final dot comes from
-the hook's status:
+A session is opened once the hook's host was reached (TCP, and TLS with
+its certificate verified), so a dead hook fails over to the tenant's next
+upstream like a dead SMTP server.  MAIL, RCPT and DATA are answered here
+(250, 250, 354); the POST starts at DATA and its body is fed as the relay
+writes, paused whenever the connection cannot take more.  The relay's reply
+to the final dot comes from the hook's status:
 
     ====================================  =============================
     2xx                                   250 2.0.0
@@ -41,16 +43,19 @@ the hook's status:
     anything else (5xx, 3xx: redirects    451 4.4.0
     are not followed)
     no connection, connection lost,       451 4.4.2 (the relay's reply
-    timeout                               to a broken upstream)
+    a hook that stops taking the body     to a broken upstream)
+    no answer to the whole body within    451 4.4.7 (the outcome is
+    --upstream-final-timeout              unknown)
     ====================================  =============================
 
-The HTTP status and reason are in the reply text.  C{timeout} bounds every
-wait for the hook: to connect (from DATA), to take more of the body, and to
-answer after the end of the message.  A message aborted by the relay (policy
-refusal, client gone) cancels the request: the connection is closed before
-the terminating chunk, so the hook never sees a complete body.  As with
-SMTP, a hook that took the whole body but whose answer is lost or late gets
-a 451 and may see the message again (RFC 1047).
+The HTTP status and reason are in the reply text, with the hook's
+C{Retry-After} when it gave one.  C{timeout} bounds every wait for the hook
+but the last: to connect, to take more of the body; the answer after the
+end of the message may take the final timeout.  A message aborted by the
+relay (policy refusal, client gone) cancels the request: the connection is
+closed before the terminating chunk, so the hook never sees a complete
+body.  As with SMTP, a hook that took the whole body but whose answer is
+lost or late gets a 451 and may see the message again (RFC 1047).
 
 Each session carries one POST at a time; connections are kept alive
 between POSTs in a pool per hook and trust settings (persistent HTTP/1.1),
@@ -67,9 +72,18 @@ from typing import cast
 
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHandshakeListener,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -94,14 +108,18 @@ RCPT_OK = Reply.of(250, "2.1.5", "Ok")
 GO_AHEAD = Reply.of(354, None, "Go ahead")
 
 
-def replyForStatus(code: int, phrase: str) -> Reply:
+def replyForStatus(code: int, phrase: str, retryAfter: str | None = None) -> Reply:
     """
     The SMTP reply for the hook's answer (see the table above).
 
     @param code: the HTTP status code.
     @param phrase: its reason phrase.
+    @param retryAfter: its C{Retry-After} header, passed on in the text of
+        a temporary failure (the client's retry schedule may use it).
     """
     status = f"webhook answered HTTP {code} {phrase}".rstrip()
+    if retryAfter and not (200 <= code < 300):
+        status += f" (Retry-After: {retryAfter.strip()[:64]})"
     if 200 <= code < 300:
         return Reply.of(250, "2.0.0", f"Ok: {status}")
     if code == 413:
@@ -171,9 +189,12 @@ class _Post:
 
     length = UNKNOWN_LENGTH
 
-    def __init__(self, agent: IAgent, uri: bytes, headers: Headers, clock: IReactorTime, timeout: float):
+    def __init__(
+        self, agent: IAgent, uri: bytes, headers: Headers, clock: IReactorTime, timeout: float, finalTimeout: float
+    ):
         self._clock = clock
         self._timeout = timeout
+        self._finalTimeout = finalTimeout
         self.state = PostState.CONNECTING
         self._producer: IPushProducer | None = None
         self._holding = False
@@ -193,6 +214,9 @@ class _Post:
             if state not in _TRANSITIONS[self.state]:
                 raise IllegalTransition(f"webhook POST: {self.state.value} -> {state.value}")
             self.state = state
+            if state is PostState.ANSWERING and self._timer is not None:  # the final answer gets its own time
+                self._timer.cancel()
+                self._timer = None
         self._update()
 
     @property
@@ -274,7 +298,8 @@ class _Post:
 
     def _answered(self, response: IResponse) -> None:
         response.deliverBody(Protocol())  # read and drop, so the connection can be reused
-        self._settle(replyForStatus(response.code, response.phrase.decode("ascii", "replace")))
+        retryAfter = (response.headers.getRawHeaders(b"retry-after") or [b""])[0].decode("ascii", "replace")
+        self._settle(replyForStatus(response.code, response.phrase.decode("ascii", "replace"), retryAfter or None))
 
     def _settle(self, outcome: Reply | UpstreamError) -> None:
         """The first outcome wins: keep it and tell L{finish}'s caller."""
@@ -304,14 +329,18 @@ class _Post:
             (self._producer.pauseProducing if holding else self._producer.resumeProducing)()
         timed = self.state in _TIMED
         if timed and self._timer is None:
-            self._timer = self._clock.callLater(self._timeout, self._timedOut)
+            timeout = self._finalTimeout if self.state is PostState.ANSWERING else self._timeout
+            self._timer = self._clock.callLater(timeout, self._timedOut)
         elif not timed and self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _timedOut(self) -> None:
         self._timer = None
-        self.cancel(UpstreamError("timeout", f"webhook gave no answer within {self._timeout:g}s"))
+        if self.state is PostState.ANSWERING:  # it has the whole message: the outcome is unknown
+            self.cancel(UpstreamError("timeout", f"webhook gave no answer within {self._finalTimeout:g}s"))
+        else:  # it stopped taking the message: not delivered
+            self.cancel(UpstreamError("stall", f"webhook did not take the message for {self._timeout:g}s"))
 
 
 @implementer(IUpstreamSession)
@@ -329,6 +358,7 @@ class WebhookSession:
             self._authorization = b"Basic " + b64encode(f"{url.username}:{url.password or ''}".encode())
         self._clock = context.reactor
         self._timeout = replyTimeout(url, context)
+        self._finalTimeout = context.finalTimeout
         self._closed = False
         self._post: _Post | None = None
         self._sender = ""
@@ -356,7 +386,7 @@ class WebhookSession:
         )
         if self._authorization is not None:
             headers.setRawHeaders(b"Authorization", [self._authorization])
-        self._post = _Post(self._agent, self._uri, headers, self._clock, self._timeout)
+        self._post = _Post(self._agent, self._uri, headers, self._clock, self._timeout, self._finalTimeout)
         return succeed(GO_AHEAD)
 
     @property
@@ -397,6 +427,58 @@ class WebhookSession:
         self._sender, self._recipients = "", []
 
 
+@implementer(IHandshakeListener)
+class _Probe(Protocol):
+    """Connects, waits for the TLS handshake when there is one, and hangs up."""
+
+    def __init__(self, tls: bool):
+        self._tls = tls
+        self.reached: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if not self._tls:
+            self._done()
+
+    def handshakeCompleted(self) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        if not self.reached.called:
+            self.reached.callback(None)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.reached.called:
+            self.reached.errback(reason)
+
+
+def _reach(url: UpstreamURL, context: UpstreamContext) -> Deferred[None]:
+    """Reach the hook's host as the POST will (TCP, and TLS verified as configured), within the timeout."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        context.reactor, url.host, port, timeout=replyTimeout(url, context)
+    )
+    tls = url.scheme == "https"
+    if tls:
+        endpoint = wrapClientTLS(clientTLSOptions(url), endpoint)
+    probe = _Probe(tls)
+    connected = endpoint.connect(Factory.forProtocol(lambda: probe))
+
+    def unreachable(failure: Failure) -> None:
+        if not probe.reached.called:
+            probe.reached.errback(failure)
+
+    connected.addErrback(unreachable)
+    reached = probe.reached.addTimeout(replyTimeout(url, context), context.reactor)
+
+    def failed(failure: Failure) -> None:
+        error = _error(failure)
+        raise UpstreamError(error.kind, f"webhook {url.host}:{port} unreachable: {failure.getErrorMessage()}")
+
+    return reached.addErrback(failed)
+
+
 @implementer(IPolicyForHTTPS)
 class _URLTrust:
     """The TLS settings of one upstream URL (its agent only ever connects to its host)."""
@@ -430,7 +512,15 @@ class WebhookUpstreamType:
         validateOptions(url, OPTIONS)
 
     def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[WebhookSession]:
-        return succeed(WebhookSession(self._agent(url, context), url, context))
+        """
+        A session, once the hook's host was reached (TCP, and TLS with its
+        certificate verified): a dead hook fails over to the tenant's next
+        upstream before the client's DATA is answered, as a dead SMTP server
+        does (docs/design.md §2).  The POST itself goes at DATA, over the
+        agent's pool.
+        """
+        d = _reach(url, context)
+        return d.addCallback(lambda _: WebhookSession(self._agent(url, context), url, context))
 
     def _agent(self, url: UpstreamURL, context: UpstreamContext) -> Agent:
         """

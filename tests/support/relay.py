@@ -88,6 +88,7 @@ class RelayProcess:
             "--hostname=relay.test",
             "--refresh-interval=0.1",
             "--upstream-timeout=5",
+            "--upstream-final-timeout=6",
             "--workers=1",
             *arguments,
         ]  # fmt: skip

@@ -86,6 +86,8 @@ class Received:
     @ivar helo: the EHLO/HELO name given for this transaction.
     @ivar delivered: the recipients whose end-of-data reply was 2xx (LMTP
         answers each recipient; SMTP all or none).
+    @ivar rcptOptions: the RCPT parameters of each accepted recipient.
+    @ivar via: C{"DATA"} or C{"BDAT"} (then C{raw} is the chunks joined, not stuffed).
     """
 
     sender: str
@@ -100,6 +102,8 @@ class Received:
     mailOptions: tuple[str, ...] = ()
     helo: str | None = None
     delivered: tuple[str, ...] = ()
+    rcptOptions: tuple[tuple[str, ...], ...] = ()
+    via: str = "DATA"
 
 
 @dataclass
@@ -150,6 +154,7 @@ class UpstreamServer:
         lmtp: bool = False,
         unix: str | os.PathLike[str] | None = None,
         laxEndOfData: bool = False,
+        extensions: tuple[str, ...] = (),
     ):
         """
         @param tls: certificate to present; enables STARTTLS.
@@ -165,6 +170,9 @@ class UpstreamServer:
         @param hostname: the name in the greeting and EHLO reply.
         @param lmtp: speak LMTP (RFC 2033) rather than SMTP.
         @param unix: listen on this local socket path, not on loopback TCP.
+        @param extensions: more EHLO keywords to offer and honour:
+            C{SMTPUTF8} and C{DSN} (their parameters accepted and recorded),
+            C{CHUNKING} (BDAT, RFC 3030).
         @param laxEndOfData: behave like a server open to SMTP smuggling:
             C{<CR>.<CR>} also ends the message, and what follows is read as
             commands, bare CRs ending lines.
@@ -183,6 +191,7 @@ class UpstreamServer:
         self.lmtp = lmtp
         self.unix = None if unix is None else os.fspath(unix)
         self.laxEndOfData = laxEndOfData
+        self.extensions = tuple(extensions)
         self.host = HOST
         self.port: int = 0
         self._context = tls.serverContext() if tls else None
@@ -193,6 +202,7 @@ class UpstreamServer:
         self._rules: list[_Rule] = []
         self._seen: Counter[str] = Counter()
         self._commands: list[list[str]] = []
+        self._reads: list[list[int]] = []  # per connection: the read each command line came in
         self._transactions: list[Received] = []
         self._receiving: dict[int, bytes] = {}  # per connection: the last bytes of a DATA under way
         self._messages: list[Received] = []
@@ -368,6 +378,14 @@ class UpstreamServer:
         with self._cond:
             return [list(lines) for lines in self._commands]
 
+    def batches(self, connection: int = -1) -> list[list[str]]:
+        """The verbs of a connection grouped by the read they came in: commands the client sent together."""
+        with self._cond:
+            groups: dict[int, list[str]] = {}
+            for line, read in zip(self._commands[connection], self._reads[connection], strict=True):
+                groups.setdefault(read, []).append(line.partition(" ")[0].upper())
+            return list(groups.values())
+
     def verbs(self, connection: int = -1) -> list[str]:
         """The upper-cased command verbs of one connection (default: the last)."""
         return [line.split(" ", 1)[0].upper() for line in self.commands[connection]]
@@ -517,6 +535,7 @@ class UpstreamServer:
 
         def change():
             self._commands.append([])
+            self._reads.append([])
             self._sockets[len(self._commands) - 1] = sock
             return len(self._commands) - 1
 
@@ -548,6 +567,8 @@ class _Session:
         self.sender: str | None = None
         self.mailOptions: tuple[str, ...] = ()
         self.recipients: list[str] = []
+        self.rcptOptions: list[tuple[str, ...]] = []
+        self.chunks: list[bytes] = []
 
     def run(self) -> None:
         try:
@@ -618,7 +639,13 @@ class _Session:
 
     def dispatch(self, line: bytes) -> None:
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-        self.server._update(lambda: self.server._commands[self.index].append(text))
+        read = self.reader.reads
+
+        def record() -> None:
+            self.server._commands[self.index].append(text)
+            self.server._reads[self.index].append(read)
+
+        self.server._update(record)
         if not line.endswith(b"\r\n"):
             self.send(b"500 5.5.2 Bare LF in command line\r\n")
             return
@@ -637,6 +664,7 @@ class _Session:
 
     def smtp_EHLO(self, arg: str, verb: str = "EHLO") -> None:
         lines = [self.server.hostname, "PIPELINING", f"SIZE {self.server.maxSize}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        lines += self.server.extensions
         if self.server.tls and not self.tls:
             lines.append("STARTTLS")
         if self.server.auth and (self.tls or self.server.allowInsecureAuth):
@@ -764,7 +792,13 @@ class _Session:
             if name == "SIZE" and value.isdigit():
                 if int(value) > self.server.maxSize:
                     return "552 5.3.4 Message size exceeds fixed maximum message size"
-            elif not (name == "BODY" and value in ("7BIT", "8BITMIME")):
+            elif name == "BODY" and value in ("7BIT", "8BITMIME"):
+                continue
+            elif name == "SMTPUTF8" and "SMTPUTF8" in self.server.extensions:
+                continue
+            elif name in ("RET", "ENVID") and "DSN" in self.server.extensions:
+                continue
+            else:
                 return f"555 5.5.4 Unsupported option: {option}"
         return None
 
@@ -775,14 +809,35 @@ class _Session:
             default = "503 5.5.1 Error: need MAIL command"
         elif not address:
             default = "501 5.5.4 Syntax: RCPT TO:<address>"
-        elif match.group(2):
+        elif match.group(2) and not (
+            "DSN" in self.server.extensions
+            and all(o.upper().partition("=")[0] in ("NOTIFY", "ORCPT") for o in match.group(2).split())
+        ):
             default = f"555 5.5.4 Unsupported option: {match.group(2)}"
         else:
             default = "250 2.1.5 Ok"
         reply = self.decide("RCPT", address, default)
         if _positive(reply):
             self.recipients.append(address)
+            self.rcptOptions.append(tuple((match.group(2) or "").split()) if match else ())
         self.send(reply)
+
+    def smtp_BDAT(self, arg: str) -> None:
+        """A chunk (RFC 3030): read its octets, answer it; the LAST one ends the message like the final dot."""
+        size, _, last = arg.partition(" ")
+        if "CHUNKING" not in self.server.extensions or not size.isdigit() or last.upper() not in ("", "LAST"):
+            self.send(b"501 5.5.4 Syntax: BDAT size [LAST]\r\n")
+            return
+        chunk = self.reader.read(int(size))
+        if self.sender is None or not self.recipients:
+            self.send(b"503 5.5.1 Error: need MAIL and RCPT\r\n")
+            return
+        self.chunks.append(chunk)
+        if last:
+            raw, self.chunks = b"".join(self.chunks), []
+            self.deliver(raw, raw, "BDAT")
+        else:
+            self.send(self.decide("BDAT", self.sender or "", f"250 2.0.0 {len(chunk)} octets received"))
 
     def smtp_DATA(self, arg: str) -> None:
         if arg:
@@ -793,7 +848,14 @@ class _Session:
             default = "554 5.5.1 Error: no valid recipients"
         else:
             default = "354 End data with <CR><LF>.<CR><LF>"
-        if self.reply("DATA", self.sender or "", default).startswith(b"354") and self.dropPending is None:
+        reply = self.decide("DATA", self.sender or "", default)
+        try:
+            self.send(reply)
+        except OSError:  # the client went away before our 354 reached it: its transaction ends here
+            if reply.startswith(b"354"):
+                self.server._recordTransaction(self.transaction(b"", False), aborted=True)
+            raise
+        if reply.startswith(b"354") and self.dropPending is None:
             self.receiveMessage()
 
     def receiveMessage(self) -> None:
@@ -830,7 +892,11 @@ class _Session:
                 self.dropPending = dropAt[1]
                 return
             raise _Closed()
-        transaction = self.transaction(bytes(raw), True)
+        self.deliver(bytes(raw), _STUFFED_DOT.sub(rb"\1", bytes(raw)), "DATA")
+
+    def deliver(self, raw: bytes, data: bytes, via: str) -> None:
+        """A whole message arrived (after the dot, or the last BDAT chunk): record it and answer it."""
+        transaction = replace(self.transaction(raw, True), data=data, via=via)
         index = self.server._recordTransaction(transaction)
         if len(transaction.data) > self.server.maxSize:
             default = "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -862,6 +928,7 @@ class _Session:
             completed=completed,
             mailOptions=self.mailOptions,
             helo=self.helo,
+            rcptOptions=tuple(self.rcptOptions),
         )
 
     def smtp_RSET(self, arg: str) -> None:
@@ -890,9 +957,17 @@ class _Reader:
     """Buffered line reads from a socket that may be replaced (STARTTLS)."""
 
     def __init__(self, recv: Callable[[], bytes]):
-        self._recv = recv
+        self._recv = self._counted(recv)
         self._buffer = bytearray()
         self._position = 0
+        self.reads = 0  # how many reads from the socket so far
+
+    def _counted(self, recv: Callable[[], bytes]) -> Callable[[], bytes]:
+        def counted() -> bytes:
+            self.reads += 1
+            return recv()
+
+        return counted
 
     def line(self, limit: int | None = None) -> bytes | None:
         """
@@ -915,6 +990,19 @@ class _Reader:
             del self._buffer[: self._position]
             self._position = 0
             self._buffer += chunk
+
+    def read(self, size: int) -> bytes:
+        """Exactly C{size} octets (fewer at end of stream)."""
+        while len(self._buffer) - self._position < size:
+            chunk = self._recv()
+            if not chunk:
+                break
+            del self._buffer[: self._position]
+            self._position = 0
+            self._buffer += chunk
+        data = bytes(self._buffer[self._position : self._position + size])
+        self._position += len(data)
+        return data
 
     def unread(self, data: bytes) -> None:
         """Put bytes back in front of what is buffered, to be read next."""
