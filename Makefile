@@ -62,8 +62,12 @@ clean:
 	rm -rf $(VENV) $(VAR) build *.egg-info
 
 # Compare smtprelay with Postfix, an aiosmtpd proxy and Haraka (installs them
-# with apt, pip and npm; root or sudo): one table, also in bench/results/.
-# QUICK=1: smaller loads, one run (about a minute). BENCH_ARGS: see
+# with apt, pip and npm; root or sudo): on loopback (bench.compare), against
+# an upstream 25 ms away (bench.latency) and in new TLS connections
+# (bench.handshakes); each table also in bench/results/.  QUICK=1: smaller
+# loads, one run (a few minutes). BENCH_ARGS (for bench.compare): see
 # `.venv/bin/python -m bench.compare --help` and docs/benchmarks.md.
 bench: install
 	$(BIN)/python -m bench.compare $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(BIN)/python -m bench.latency $(if $(QUICK),--quick) --no-install
+	$(BIN)/python -m bench.handshakes $(if $(QUICK),--quick) --no-install

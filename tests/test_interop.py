@@ -19,13 +19,12 @@ import os
 import re
 import shutil
 import smtplib
-import subprocess
 import time
 
 import pytest
 
 from tests.support.dovecot import Dovecot
-from tests.support.postfix import Postfix, postfixAvailable
+from tests.support.postfix import Postfix, postfixAvailable, requireAuth
 from tests.support.relay import freePort
 from tests.support.upstream import UpstreamServer
 
@@ -72,36 +71,15 @@ def chain(relay, ca, tmp_path_factory):
 
 def _upstreamPostfix(ca, sinkPort: int) -> Postfix:
     postfix = Postfix("upstream", freePort())
-    directory = postfix.directory
-    cert = ca.issue(directory, "postfix-upstream", hostnames=["localhost"], ips=["127.0.0.1"])
-    os.chmod(cert.key, 0o644)  # read by Postfix's smtpd, which runs as postfix
-    sasldb = directory / "sasldb2"
-    subprocess.run(
-        ["saslpasswd2", "-c", "-p", "-f", str(sasldb), "-u", REALM, UPSTREAM_USER],
-        input=UPSTREAM_PASSWORD, text=True, check=True, capture_output=True,
-    )  # fmt: skip
-    shutil.chown(sasldb, "postfix")
-    os.chmod(sasldb, 0o600)
+    cert = ca.issue(postfix.directory, "postfix-upstream", hostnames=["localhost"], ips=["127.0.0.1"])
+    requireAuth(postfix, cert.chain, cert.key, {UPSTREAM_USER: UPSTREAM_PASSWORD}, REALM)
     postfix.settings.update(
         {
             "myhostname": "postfix-upstream.test",
-            "mynetworks": "",
-            "smtpd_tls_cert_file": cert.chain,
-            "smtpd_tls_key_file": cert.key,
-            "smtpd_tls_security_level": "may",
-            "smtpd_tls_auth_only": "yes",
-            "smtpd_sasl_auth_enable": "yes",
-            "smtpd_sasl_type": "cyrus",
-            "smtpd_sasl_path": "smtpd",
-            "cyrus_sasl_config_path": postfix.config / "sasl",
-            "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
             "relayhost": f"[127.0.0.1]:{sinkPort}",
             "smtp_tls_security_level": "none",
             "debug_peer_list": "127.0.0.1",  # logs the relay's commands: BDAT shows CHUNKING in use
         }
-    )
-    postfix.files["sasl/smtpd.conf"] = (
-        f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {sasldb}\n"
     )
     return postfix
 

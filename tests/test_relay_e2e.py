@@ -90,6 +90,31 @@ def test_implicit_tls(relay, upstream, tenantName):
     upstream.waitForMessages(1)
 
 
+def test_tls_sessions_resume(relay):
+    """A client that comes back offers its TLS session ticket and skips the full handshake, on both listeners."""
+    context = relay.clientContext()
+
+    def handshake(port: int, starttls: bool, session):
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+            if starttls:
+                f = raw.makefile("rb")
+                f.readline()
+                raw.sendall(b"HELO client.test\r\nSTARTTLS\r\n")
+                assert f.readline().startswith(b"250") and f.readline().startswith(b"220")
+            with context.wrap_socket(raw, server_hostname="relay.test", session=session) as sock:
+                f = sock.makefile("rb")
+                if not starttls:
+                    f.readline()  # the greeting; a TLS 1.3 ticket arrives after the handshake
+                sock.sendall(b"NOOP\r\n")
+                assert f.readline().startswith(b"250")
+                return sock.session, sock.session_reused
+
+    for port, starttls in ((relay.port, True), (relay.smtpsPort, False)):
+        session, reused = handshake(port, starttls, None)
+        assert not reused and session is not None and session.has_ticket
+        assert handshake(port, starttls, session)[1], "the second connection resumed the first one's session"
+
+
 def test_final_reply_waits_for_upstream(relay, upstream, tenantName):
     """An upstream that delays its final 250 by 2 s delays the client's 250 by at least that."""
     account = relay.addTenant(tenantName, upstreamURL(upstream, ca=ca(relay)))

@@ -115,3 +115,34 @@ def test_worker_log_lines_batched():
     output.write("x" * 60 + "\n")
     output.write("y" * 60 + "\n")  # over the limit: written without a drain
     assert pipe.getvalue().endswith("x" * 60 + "\n" + "y" * 60 + "\n") and pipe.writes == 2
+
+
+def test_worker_records_round_trip():
+    """
+    What a worker's observer writes, the parent reads back as the same
+    event: plain fields in the flat form, failures and objects through
+    Twisted's JSON form, the level and the rendered text unchanged.
+    """
+    import io
+
+    from twisted.logger import Logger, LogLevel, formatEvent
+
+    from relay.telemetry.logs import decodeWorkerRecord, workerObserver
+
+    out = io.StringIO()
+    log = Logger(namespace="relay.test", observer=workerObserver(out))
+    log.warn("{queueId} relayed to {upstream} in {seconds}s", queueId="Q1", upstream="smtp://h", seconds=0.5)
+    log.info("an object: {thing!r}", thing=frozenset({1}))
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        log.failure("went wrong for {tenant}", tenant="acme")
+    lines = out.getvalue().split("\n")[:-1]
+    assert len(lines) == 3 and all(line.startswith("\x1e") for line in lines)
+    plain, thing, failure = (decodeWorkerRecord(line[1:]) for line in lines)
+    assert '"log_level": "warn"' in lines[0] and "log_logger" not in lines[0]  # the flat form
+    assert plain["log_level"] is LogLevel.warn and plain["log_namespace"] == "relay.test"
+    assert formatEvent(plain) == "Q1 relayed to smtp://h in 0.5s" and plain["seconds"] == 0.5
+    assert formatEvent(thing) == "an object: frozenset({1})"
+    assert failure["log_level"] is LogLevel.critical and formatEvent(failure) == "went wrong for acme"
+    assert "ZeroDivisionError" in failure["log_failure"].getTraceback()

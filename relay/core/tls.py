@@ -72,5 +72,10 @@ def serverTLSOptions(certPath: str, keyPath: str | None = None, profile: str = "
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=minimum,
+        # Session tickets (RFC 5077, RFC 8446 §4.6.1): a client that comes back (Salesforce opens a
+        # connection for a handful of messages) resumes without the certificate and key exchange.
+        # The ticket keys are this process's own (pyOpenSSL cannot set them), so with --workers N a
+        # ticket resumes when the connection reaches the worker that issued it.
+        enableSessionTickets=True,
         **extra,
     )

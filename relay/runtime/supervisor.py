@@ -36,11 +36,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 
 from relay.runtime.proxy import PREFIX
 from relay.runtime.service import StartupError, checkConfiguration, stopOnTerminate
-from relay.telemetry.logs import useLogFormat
+from relay.telemetry.logs import decodeWorkerRecord, useLogFormat
 from relay.telemetry.monitoring import metricsSite
 
 __all__ = ["WorkersService", "workerArguments"]
@@ -80,13 +80,13 @@ class _Worker(ProcessProtocol):
         self._buffer = b""
 
     def outReceived(self, data: bytes) -> None:
-        # jsonFileLogObserver writes one record a line: RS, JSON, LF.
+        # relay.telemetry.logs.workerObserver writes one record a line: RS, JSON, LF.
         self._buffer += data
         *records, self._buffer = self._buffer.split(b"\n")
         for record in records:
             record = record.lstrip(_RECORD_SEPARATOR)
             if record.strip():
-                event = eventFromJSON(record.decode("utf-8", "replace"))
+                event = decodeWorkerRecord(record.decode("utf-8", "replace"))
                 event["worker"] = self.index
                 event["log_system"] = f"worker {self.index}"
                 globalLogPublisher(event)

@@ -21,15 +21,15 @@ def main(argv: list[str]) -> int:
 
     reactor = install()  # before anything imports the default one
 
-    from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+    from twisted.logger import Logger, globalLogBeginner
 
     from relay.runtime.tap import Options
-    from relay.telemetry.logs import BatchedOutput
+    from relay.telemetry.logs import BatchedOutput, workerObserver
 
     options = Options()
     options.parseOptions(argv)
     output = BatchedOutput(sys.stdout)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(cast(IO[str], output))], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([workerObserver(cast(IO[str], output))], redirectStandardIO=False)
     Logger().info("reactor class: {reactor}", reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}")
 
     from twisted.internet.task import LoopingCall

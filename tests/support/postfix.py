@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Postfix", "postfixAvailable"]
+__all__ = ["Postfix", "postfixAvailable", "requireAuth"]
 
 BASE = {
     "compatibility_level": "3.6",
@@ -168,3 +168,42 @@ class Postfix:
             time.sleep(0.1)
         self._started = False
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def requireAuth(postfix: Postfix, cert, key, users: dict[str, str], realm: str) -> None:
+    """
+    Make C{postfix}'s smtpd offer STARTTLS with C{cert} (its chain) and
+    C{key}, and AUTH PLAIN and LOGIN after it for C{users} (Cyrus SASL's
+    sasldb, written with C{saslpasswd2}; log in as C{user@realm}); only
+    authenticated clients may relay.  Call before L{Postfix.start}.
+    """
+    directory = postfix.directory
+    keyCopy = directory / "smtpd.key"
+    shutil.copy(key, keyCopy)
+    shutil.chown(keyCopy, "postfix")
+    os.chmod(keyCopy, 0o600)
+    sasldb = directory / "sasldb2"
+    for user, password in users.items():
+        subprocess.run(
+            ["saslpasswd2", "-c", "-p", "-f", str(sasldb), "-u", realm, user],
+            input=password, text=True, check=True, capture_output=True,
+        )  # fmt: skip
+    shutil.chown(sasldb, "postfix")
+    os.chmod(sasldb, 0o600)
+    postfix.settings.update(
+        {
+            "mynetworks": "",
+            "smtpd_tls_cert_file": cert,
+            "smtpd_tls_key_file": keyCopy,
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_auth_only": "yes",
+            "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "cyrus",
+            "smtpd_sasl_path": "smtpd",
+            "cyrus_sasl_config_path": postfix.config / "sasl",
+            "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+        }
+    )
+    postfix.files["sasl/smtpd.conf"] = (
+        f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {sasldb}\n"
+    )
