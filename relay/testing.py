@@ -150,7 +150,8 @@ class FakeUpstreamSession:
 class FakeUpstreamType:
     """
     The C{fake://} upstream type.  Hosts listed in C{unreachable} fail to
-    open, as a refused connection would.
+    open, as a refused connection would; C{attempts} lists the host of
+    every open, in order.
     """
 
     name = "fake"
@@ -167,6 +168,7 @@ class FakeUpstreamType:
         self.hold: set[str] = set()
         self.errors: set[str] = set()
         self.unreachable: set[str] = set()
+        self.attempts: list[str] = []
         self.sessions: list[FakeUpstreamSession] = []
         self.delivered: list[Delivered] = []
 
@@ -175,6 +177,7 @@ class FakeUpstreamType:
             raise ValueError("fake URLs need a host")
 
     def open(self, url: UpstreamURL, context: UpstreamContext):
+        self.attempts.append(url.host)
         if url.host in self.unreachable:
             return fail(UpstreamError("connect", f"{url.host} refused the connection"))
         session = FakeUpstreamSession(self, url.host)

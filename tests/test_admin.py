@@ -181,7 +181,7 @@ def test_tenantShowJSON(acme):
     acme("tenant", "set", "acme", "--rate", "100/60s")
     shown = json.loads(acme("tenant", "show", "acme", "--json").out)
     assert (shown["name"], shown["logins"], shown["domains"], shown["rate"]) == ("acme", [], [], "100/1m")
-    assert shown["upstreams"] == [{"id": 1, "url": REDACTED, "priority": 10}]
+    assert shown["upstreams"] == [{"id": 1, "url": REDACTED, "priority": 10, "oauth": None, "clientCertificate": None}]
 
 
 def test_tenantShowUnknown(acme):

@@ -146,6 +146,7 @@ def test_alertsDocumented():
         "SmtprelayRelayLatencyHigh",
         "SmtprelayAuthFailureSpike",
         "SmtprelayTempfailRatioHigh",
+        "SmtprelayUpstreamDown",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]

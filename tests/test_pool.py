@@ -234,3 +234,74 @@ def test_route_opens_at_once_and_gives_back_unused():
     assert len(kind.sessions) == 1
     route.cancel()
     assert begin(p, tenant(("a", 10)))[0].session is kind.sessions[0]
+
+
+def upstreamUp(p: UpstreamPool, tenantName: str, host: str) -> float | None:
+    return p._reporter.metrics.registry.get_sample_value(
+        "smtprelay_upstream_up", {"tenant": tenantName, "upstream": f"fake://{host}"}
+    )
+
+
+def test_dead_upstream_remembered():
+    """An upstream that failed to open is not tried again during its back-off: the next transaction goes elsewhere."""
+    kind = FakeUpstreamType()
+    kind.unreachable.add("first")
+    p, _ = pool(kind)
+    acme = tenant(("first", 10), ("second", 20))
+    for _ in range(3):
+        lease, _ = begin(p, acme)
+        assert lease.session.host == "second"
+        p.release(lease, reusable=False)
+    assert kind.attempts == ["first", "second", "second", "second"]
+    assert upstreamUp(p, "acme", "first") == 0 and upstreamUp(p, "acme", "second") == 1
+
+
+def test_down_upstream_probed_in_the_background():
+    """
+    Once its back-off is over, a down upstream is probed without holding up
+    a transaction (which goes to the next one); when the probe's session
+    opens, the upstream is up, that session is used, and the gauge says so.
+    """
+    kind = FakeUpstreamType()
+    kind.unreachable.add("first")
+    p, reactor = pool(kind)
+    acme = tenant(("first", 10), ("second", 20))
+    lease, _ = begin(p, acme)
+    p.release(lease, reusable=False)
+    reactor.advance(5)  # the first back-off
+    kind.unreachable.discard("first")
+    lease, _ = begin(p, acme)
+    assert lease.session.host == "second"  # this one did not wait for the probe
+    assert kind.attempts[-2:] == ["first", "second"] and upstreamUp(p, "acme", "first") == 1
+    p.release(lease, reusable=False)
+    lease, _ = begin(p, acme)
+    assert lease.session.host == "first" and kind.attempts.count("first") == 2  # the probe's session, kept
+
+
+def test_back_off_grows_while_it_keeps_failing():
+    """Each failed probe doubles the back-off (5 s, 10 s, ...); a sole upstream inside it is not even tried."""
+    kind = FakeUpstreamType()
+    kind.unreachable.add("only")
+    p, reactor = pool(kind)
+    solo = tenant(("only", 10))
+    assert isinstance(begin(p, solo), Failure)
+    failure = begin(p, solo)
+    assert failure.value.kind == "down" and kind.attempts == ["only"]
+    reactor.advance(5)
+    assert isinstance(begin(p, solo), Failure) and kind.attempts == ["only", "only"]  # this one probed
+    reactor.advance(5)
+    assert begin(p, solo).value.kind == "down" and len(kind.attempts) == 2  # 10 s now
+    reactor.advance(5)
+    kind.unreachable.clear()
+    lease, reply = begin(p, solo)
+    assert reply.code == 250 and upstreamUp(p, "acme", "only") == 1
+
+
+def test_mail_refusal_does_not_mark_down():
+    """An upstream that answers (even 4xx to MAIL) is alive: it stays up."""
+    kind = FakeUpstreamType()
+    kind.replies["MAIL"] = Reply.of(451, "4.3.0", "Try later")
+    p, _ = pool(kind)
+    failure = begin(p, tenant(("first", 10)))
+    assert isinstance(failure, Failure) and failure.value.kind == "mail"
+    assert upstreamUp(p, "acme", "first") == 1 and not p.breaker.isDown(UpstreamURL.parse("fake://first"))

@@ -179,13 +179,26 @@ def test_export(admin, databaseURL, keyFile):
     assert (tenant["name"], tenant["maxSize"], tenant["rate"]) == ("acme", 1000, "5/1m")
     [login] = tenant["logins"]
     assert set(login) == {"username", "createdAt"} and login["username"] == "bob"
-    assert tenant["upstreams"] == [{"id": 1, "url": "smtp+starttls://relay:***@mail.acme.example:587", "priority": 10}]
+    assert tenant["upstreams"] == [
+        {
+            "id": 1,
+            "url": "smtp+starttls://relay:***@mail.acme.example:587",
+            "priority": 10,
+            "oauth": None,
+            "clientCertificate": None,
+        }
+    ]
     assert (tenant["domains"], tenant["blocklist"]) == (["acme.example"], ["bad.example"])
     assert tenant["networks"] == [{"network": "192.0.2.0/24", "noAuth": True}]
     assert exported["usage"] == [
         {"tenant": "acme", "day": "2025-03-03", "relayed": 2, "recipients": 0, "bytes": 9, "rejected": 0, "failed": 0}
     ]
-    assert exported["redacted"] == ["login password hashes", "upstream passwords"]
+    assert exported["redacted"] == [
+        "login password hashes",
+        "upstream passwords",
+        "OAuth client secrets and refresh tokens",
+        "client certificate keys",
+    ]
 
 
 def test_exportUnknown(admin):

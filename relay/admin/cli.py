@@ -25,6 +25,7 @@ from datetime import date
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from relay.admin import upstreams
 from relay.auth.passwords import generatePassword
 from relay.core.tenant import Rate
 from relay.core.urls import UpstreamURL
@@ -239,6 +240,15 @@ def _printDetails(tenant: TenantDetails) -> None:
         print(f"{label + ':':<17}{value}".rstrip())
     for upstream in tenant.upstreams:
         print(f"  #{upstream.id}  priority {upstream.priority}  {upstream.url}")
+        if upstream.oauth is not None:
+            oauth = upstream.oauth
+            secret = "client secret ***" if oauth.hasClientSecret else "no client secret"
+            print(f"      OAuth {oauth.grant}: client {oauth.clientId} at {oauth.tokenUrl} ({secret})")
+            if oauth.scope:
+                print(f"      scope {oauth.scope}")
+        if upstream.clientCertificate is not None:
+            certificate = upstream.clientCertificate
+            print(f"      client certificate {certificate.subject}, expires {certificate.notAfter:%Y-%m-%d}")
 
 
 def _tenantSet(args: argparse.Namespace, store: Store) -> None:
@@ -289,19 +299,26 @@ def _passwordLine() -> str:
 
 
 def _upstreamAdd(args: argparse.Namespace, store: Store) -> None:
-    url = args.url
-    if args.password_stdin:
-        try:
-            parsed = UpstreamURL.parse(url)
-        except ValueError as e:
-            raise Invalid(str(e)) from None
-        if parsed.username is None or parsed.password is not None:
-            raise Invalid(
-                "--password-stdin needs a URL with a user name and no password: smtp+starttls://user@host:587"
-            )
-        url = parsed.withPassword(_passwordLine()).unparse()
-    upstream = store.addUpstream(args.tenant, url, args.priority, validate=validateUpstream)
-    print(f"upstream #{upstream.id} {upstream.url} added to tenant {args.tenant!r} (priority {upstream.priority})")
+    upstreams.upstreamAdd(args, store, validateUpstream)
+
+
+def _upstreamTest(args: argparse.Namespace, store: Store) -> None:
+    status = upstreams.upstreamTest(args, store)
+    if status:
+        raise _Failed(status)
+
+
+def _oauthConsent(args: argparse.Namespace, store: Store) -> None:
+    status = upstreams.oauthConsent(args, store)
+    if status:
+        raise _Failed(status)
+
+
+class _Failed(Exception):
+    """A command that said why itself and ends with this status."""
+
+    def __init__(self, status: int):
+        self.status = status
 
 
 def _tenantItem(change: Callable[[Store, str, str], object], done: str) -> Callable[[argparse.Namespace, Store], None]:
@@ -458,13 +475,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from one line of standard input (default: generate one and print it)",
     )
-    upstreamAdd = command(groups["upstream"], "add", _upstreamAdd, "add an upstream to a tenant", "TENANT", "URL")
-    upstreamAdd.add_argument("--priority", type=int, default=10, help="lowest is tried first (default: 10)")
-    upstreamAdd.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the URL's password from one line of standard input (the URL has user@ and no password)",
-    )
+    upstreams.addArguments(
+        command(groups["upstream"], "add", _upstreamAdd, "add an upstream to a tenant", "TENANT", "URL"),
+        command(
+            groups["upstream"], "test", _upstreamTest,
+            "connect to an upstream as the relay would and say what it showed (no mail is sent)", "TENANT", "UPSTREAM",
+        ),
+        command(
+            groups["upstream"], "oauth-consent", _oauthConsent,
+            "a user's OAuth consent for an upstream (a browser, or --device): stores its refresh token",
+            "TENANT", "UPSTREAM",
+        ),
+    )  # fmt: skip
     network = command(groups["network"], "add", _networkAdd, "add a client network to a tenant", "TENANT", "NETWORK")
     network.add_argument(
         "--no-auth", action="store_true", help="its clients need no AUTH (at most /16 or /48, no other tenant's)"
@@ -508,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.run(args, engine)
         finally:
             engine.dispose()
+    except _Failed as e:
+        return e.status
     except _BAD_INPUT as e:
         return _fail(e, 2)
     except StoreError as e:

@@ -91,6 +91,11 @@ class Reply:
         """All lines joined with a space, for logs."""
         return " ".join(self.lines)
 
+    @property
+    def summary(self) -> str:
+        """Code, enhanced code and text on one line (C{535 5.7.3 Authentication unsuccessful}), for messages."""
+        return " ".join(str(part) for part in (self.code, self.enhanced, self.text) if part)
+
     def withText(self, *lines: str) -> Reply:
         """This reply's code and enhanced code with other text."""
         return Reply.of(self.code, self.enhanced, *lines)

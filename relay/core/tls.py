@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 from typing import cast
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
-__all__ = ["MINIMUM_TLS", "PROFILES", "pemCertificates", "serverTLSOptions", "tlsVersion"]
+__all__ = ["MINIMUM_TLS", "PROFILES", "loadClientCertificate", "pemCertificates", "serverTLSOptions", "tlsVersion"]
 
 MINIMUM_TLS = TLSVersion.TLSv1_2
 
@@ -79,3 +81,29 @@ def serverTLSOptions(certPath: str, keyPath: str | None = None, profile: str = "
         enableSessionTickets=True,
         **extra,
     )
+
+
+def loadClientCertificate(chain: bytes, key: bytes) -> x509.Certificate:
+    """
+    Check a client certificate and its key before they are stored: PEM, the
+    key matching the certificate.
+
+    @return: the certificate (for its subject and expiry).
+    @raise ValueError: with the reason.
+    """
+    blocks = pemCertificates(chain)
+    if not blocks:
+        raise ValueError("the client certificate file holds no PEM certificate")
+    try:
+        certificate = x509.load_pem_x509_certificate(blocks[0])
+        privateKey = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"cannot load the client certificate or key: {e}") from None
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.use_certificate(certificate)
+        context.use_privatekey(privateKey)  # type: ignore[arg-type]
+        context.check_privatekey()
+    except SSL.Error:
+        raise ValueError("the client key does not belong to the client certificate") from None
+    return certificate

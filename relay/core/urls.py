@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from relay.core.credentials import Credentials
+
 __all__ = ["UpstreamURL"]
 
 
@@ -26,6 +28,9 @@ class UpstreamURL:
     @ivar username: decoded user name or C{None}.
     @ivar password: decoded password or C{None}; never shown.
     @ivar options: the query string as a dict (last value wins).
+    @ivar credentials: an OAuth client and a client certificate, from the
+        store (never part of the URL's text); part of the URL's identity, so
+        sessions made with other credentials are never shared.
     """
 
     scheme: str
@@ -35,6 +40,7 @@ class UpstreamURL:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     options: dict[str, str] = field(default_factory=dict, hash=False)
+    credentials: Credentials | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> UpstreamURL:
@@ -67,6 +73,10 @@ class UpstreamURL:
     def withPassword(self, password: str | None) -> UpstreamURL:
         """This URL with the given password."""
         return replace(self, password=password)
+
+    def withCredentials(self, credentials: Credentials | None) -> UpstreamURL:
+        """This URL with an OAuth client and a client certificate."""
+        return replace(self, credentials=credentials)
 
     def _render(self, password: str | None) -> str:
         netloc = ""

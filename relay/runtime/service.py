@@ -44,6 +44,7 @@ from relay.telemetry.logs import useLogFormat
 from relay.telemetry.metrics import Metrics
 from relay.telemetry.monitoring import metricsSite
 from relay.telemetry.report import AddressRedactor, Reporter
+from relay.upstreams.oauth import AccessTokens, StoredRefreshTokens
 from relay.upstreams.pool import UpstreamPool
 
 __all__ = ["RelayService", "StartupError"]
@@ -201,6 +202,11 @@ class RelayService(MultiService):
             threadPool=self.threadPool,
             timeout=options["upstream-timeout"],
             finalTimeout=options["upstream-final-timeout"],
+            tokens=AccessTokens(
+                reactor,
+                refreshTokens=StoredRefreshTokens(store, reactor, self.threadPool),
+                timeout=options["upstream-timeout"],
+            ),
         )
         self.upstreams = UpstreamPool(
             discovery.typesByScheme(),

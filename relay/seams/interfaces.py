@@ -16,7 +16,15 @@ from __future__ import annotations
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
-__all__ = ["IPolicy", "IPolicyFactory", "ISharedState", "IUpstreamSession", "IUpstreamTLS", "IUpstreamType"]
+__all__ = [
+    "IAccessTokens",
+    "IPolicy",
+    "IPolicyFactory",
+    "ISharedState",
+    "IUpstreamSession",
+    "IUpstreamTLS",
+    "IUpstreamType",
+]
 
 
 class IUpstreamType(Interface):
@@ -90,7 +98,9 @@ class IUpstreamSession(IConsumer):
 
     alive = Attribute(
         """C{bool}: C{False} once the connection is known to be gone; the
-        relay never reuses a session that is not alive."""
+        relay never reuses a session that is not alive.  A session may also
+        have C{reusableUntil} (reactor seconds, or C{None}): it is not given
+        another transaction after that (its credentials expire then)."""
     )
 
     def mailFrom(sender, parameters):
@@ -264,4 +274,16 @@ class ISharedState(Interface):
         """
         Register a Lua script; call the result with C{keys=} and C{args=}
         inside L{call}.
+        """
+
+
+class IAccessTokens(Interface):
+    """Access tokens for upstream sessions (L{UpstreamContext.tokens})."""
+
+    def token(client):
+        """
+        A valid access token for C{client} (a
+        L{relay.core.credentials.OAuthClient}): a Deferred
+        L{relay.core.credentials.AccessToken}, failing with
+        L{relay.seams.upstream.TokenError}.
         """

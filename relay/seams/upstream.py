@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from twisted.python.threadpool import ThreadPool
 
 from relay.core.reply import Reply
+from relay.seams.interfaces import IAccessTokens
 from relay.seams.types import IRelayReactor
 
-__all__ = ["UpstreamContext", "UpstreamError"]
+__all__ = ["TokenError", "UpstreamContext", "UpstreamError"]
 
 
 class UpstreamError(Exception):
@@ -26,7 +27,9 @@ class UpstreamError(Exception):
         C{"refused"} (it answered, but will not take mail from us: greeting
         or EHLO refused), C{"busy"} (connection cap reached),
         C{"nonconforming"} (the type gave a session that does not provide
-        L{relay.plugin.IUpstreamSession}).
+        L{relay.plugin.IUpstreamSession}), C{"token"} (no OAuth access token:
+        the provider refused or could not be reached; C{reply} is what the
+        client should be told).
     @ivar reply: the upstream's reply when it gave one.
     """
 
@@ -34,6 +37,28 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.kind = kind
         self.reply = reply
+
+
+class TokenError(Exception):
+    """
+    No access token could be had.
+
+    @ivar kind: C{"unavailable"} (endpoint unreachable, timed out, 5xx) or
+        C{"refused"} (the provider answered with an OAuth error).
+    @ivar error: the provider's error code (C{invalid_client}), if any.
+    """
+
+    def __init__(self, kind: str, message: str, error: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.error = error
+
+    @property
+    def reply(self) -> Reply:
+        """What a client is told when no other upstream took its message."""
+        if self.kind == "refused":
+            return Reply.of(454, "4.7.0", f"Upstream OAuth token refused: {self}")
+        return Reply.of(451, "4.4.1", f"Upstream OAuth token endpoint unavailable: {self}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +74,10 @@ class UpstreamContext:
     @ivar finalTimeout: seconds to wait for the reply to the end of data
         (C{--upstream-final-timeout}): under the 10 minutes the client waits
         for ours (RFC 5321 §4.5.3.2.6).
+    @ivar tokens: OAuth 2.0 access tokens for C{url.credentials.oauth}
+        (L{IAccessTokens}: C{token(client)} gives a Deferred
+        L{relay.core.credentials.AccessToken} or fails with L{TokenError});
+        C{None} where the relay has none to give.
     """
 
     reactor: IRelayReactor
@@ -56,3 +85,4 @@ class UpstreamContext:
     threadPool: ThreadPool
     timeout: float = 60.0
     finalTimeout: float = 540.0
+    tokens: IAccessTokens | None = None

@@ -118,6 +118,21 @@ def _checkRcptParameters(parameters: dict[str, str | None]) -> Reply | None:
 MIXED = Reply.of(451, "4.5.0", "Delivered to some recipients only; try again for the others")
 
 
+def _noUpstream(error: UpstreamError) -> Reply:
+    """
+    What every RCPT is told when no upstream took MAIL, from the last
+    upstream's failure: its own refusal of MAIL (its code and text); the
+    token failure's C{454 4.7.0} or C{451 4.4.1}; C{454 4.7.0} with the
+    upstream's answer when it refused our login (Basic Auth turned off,
+    say); else L{NO_UPSTREAM}.
+    """
+    if error.kind in ("mail", "token") and error.reply is not None:
+        return error.reply
+    if error.kind == "auth" and error.reply is not None:
+        return Reply.of(454, "4.7.0", f"The upstream refused the relay's login: {error.reply.summary}")
+    return NO_UPSTREAM
+
+
 def finalReply(replies: list[Reply], queueId: str) -> Reply:
     """
     The one reply the client gets for the upstream's end-of-data replies
@@ -545,8 +560,7 @@ class RelaySession:
                 tenant=self.client.tenant.name if self.client.tenant else "-",
                 error=e,
             )
-            # The last upstream's own refusal of MAIL when it gave one (its code and text), else ours.
-            refused = e.reply if e.kind == "mail" and e.reply is not None else NO_UPSTREAM
+            refused = _noUpstream(e)
             return self._refuseTransaction(transaction, refused)
         if self._transaction is not transaction:  # the client left meanwhile
             opening.rcpt.addErrback(lambda _: None)

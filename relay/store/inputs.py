@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit
 
 from relay.core.orgid import normaliseOrgId
 from relay.core.tenant import Rate
+from relay.core.tls import loadClientCertificate
+from relay.core.urls import UpstreamURL
 from relay.store.errors import Invalid
 from relay.store.models import ACTIVE, SUSPENDED
+from relay.store.values import OAuthSettings
 
 __all__ = [
     "blockedDomain",
+    "clientCertificate",
     "company",
     "emailAddress",
     "limit",
     "network",
+    "oauthSettings",
     "orgId",
     "password",
     "priority",
@@ -172,3 +178,39 @@ def rate(budget: Rate | None, what: str) -> Rate | None:
     if budget is not None and not (0 < budget.count <= MAX_INTEGER and budget.seconds <= MAX_INTEGER):
         raise Invalid(f"invalid {what} {budget}: expected 1 to {MAX_INTEGER} per period up to {MAX_INTEGER}s")
     return budget
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def oauthSettings(url: UpstreamURL, oauth: OAuthSettings | None) -> OAuthSettings | None:
+    """
+    An upstream's OAuth client, checked against its URL: C{?auth=xoauth2}
+    exactly when there is one; the token URL C{https://} (C{http://} only
+    on loopback, for tests); a client id.  One with neither a secret nor a
+    refresh token waits for a consent to give it one.
+    """
+    xoauth2 = url.option("auth", "") == "xoauth2"
+    if oauth is None:
+        if xoauth2:
+            raise Invalid(
+                "auth=xoauth2 needs an OAuth client: --oauth-provider or --oauth-token-url and --oauth-client-id"
+            )
+        return None
+    if not xoauth2:
+        raise Invalid("an OAuth client is for an SMTP upstream with ?auth=xoauth2 (and the mailbox as its user name)")
+    parts = urlsplit(oauth.tokenUrl)
+    if not (parts.scheme == "https" and parts.hostname) and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
+        raise Invalid(f"the OAuth token URL must be https:// (got {oauth.tokenUrl!r})")
+    if not oauth.clientId.strip():
+        raise Invalid("an OAuth client id is needed (--oauth-client-id)")
+    return oauth  # with neither secret nor refresh token, it waits for a consent (upstream oauth-consent)
+
+
+def clientCertificate(chain: bytes, key: bytes) -> tuple[bytes, bytes]:
+    """A client certificate (PEM chain) and its key, checked to load and to match."""
+    try:
+        loadClientCertificate(chain, key)
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+    return chain, key

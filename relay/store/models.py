@@ -155,7 +155,9 @@ class Login(Base):
 class UpstreamRecord(Base):
     """
     A tenant's upstream: the URL without its password, and the password
-    encrypted with the key ring (L{relay.store.secrets.KeyRing}).
+    encrypted with the key ring (L{relay.store.secrets.KeyRing}); an OAuth
+    client (its secret and refresh token encrypted) and a client
+    certificate (its key encrypted), when it has them.
     """
 
     __tablename__ = "upstreams"
@@ -165,8 +167,20 @@ class UpstreamRecord(Base):
     url: Mapped[str] = mapped_column(Text)
     secret: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[int] = mapped_column(Integer, default=10)
+    oauth_token_url: Mapped[str | None] = mapped_column(Text)
+    oauth_client_id: Mapped[str | None] = mapped_column(Text)
+    oauth_scope: Mapped[str | None] = mapped_column(Text)
+    oauth_provider: Mapped[str | None] = mapped_column(Text)  # the --oauth-provider preset, for consent
+    oauth_client_secret: Mapped[str | None] = mapped_column(Text)  # encrypted
+    oauth_refresh_token: Mapped[str | None] = mapped_column(Text)  # encrypted
+    client_cert: Mapped[str | None] = mapped_column(Text)  # PEM chain
+    client_key: Mapped[str | None] = mapped_column(Text)  # encrypted PEM
 
     tenant: Mapped[Tenant] = relationship(back_populates="upstreams")
+
+
+# The encrypted columns of an upstream, all re-encrypted by secrets rotate.
+SECRET_COLUMNS = ("secret", "oauth_client_secret", "oauth_refresh_token", "client_key")
 
 
 class _TenantListed:

@@ -29,6 +29,7 @@ from relay.store.database import snapshotEngine
 from relay.store.errors import Conflict, Invalid, NotFound, UndecryptableSecret
 from relay.store.models import (
     ACTIVE,
+    SECRET_COLUMNS,
     Base,
     BlockedDomain,
     ClientNetwork,
@@ -42,6 +43,7 @@ from relay.store.secrets import KeyRing
 from relay.store.usage import addUsage, readUsage
 from relay.store.values import (
     NetworkInfo,
+    OAuthSettings,
     SecretRotation,
     TenantDetails,
     TenantExport,
@@ -50,7 +52,7 @@ from relay.store.values import (
     UsageDelta,
     UsageRow,
 )
-from relay.store.views import details, relayTenant, tenantInfo, upstreamInfo
+from relay.store.views import details, relayTenant, relayUpstream, tenantInfo, upstreamInfo
 
 __all__ = ["Store"]
 
@@ -274,19 +276,31 @@ class Store:
     # Upstreams
 
     def addUpstream(
-        self, tenant: str, url: str, priority: int = 10, *, validate: Callable[[UpstreamURL], object]
+        self,
+        tenant: str,
+        url: str,
+        priority: int = 10,
+        *,
+        validate: Callable[[UpstreamURL], object],
+        oauth: OAuthSettings | None = None,
+        clientCertificate: tuple[bytes, bytes] | None = None,
     ) -> UpstreamInfo:
         """
         Add an upstream to a tenant.  The URL is kept without its password;
-        the password is encrypted with the key ring.
+        the password, the OAuth client's secret and refresh token and the
+        client certificate's key are encrypted with the key ring.
 
         @param validate: checks the parsed URL (for the upstream type of its
             scheme), raising C{ValueError} with the reason when it is not
             usable.
-        @return: the upstream, password redacted.
+        @param oauth: its OAuth 2.0 client (the URL says C{?auth=xoauth2}).
+        @param clientCertificate: a PEM chain and its PEM key, presented in
+            the upstream's TLS handshake.
+        @return: the upstream, secrets redacted.
         @raise NotFound: there is no such tenant.
-        @raise Invalid: the URL is malformed or refused by C{validate}, or the
-            priority is out of range.
+        @raise Invalid: the URL is malformed or refused by C{validate}, the
+            priority is out of range, the OAuth client or the certificate is
+            unusable.
         """
         try:
             parsed = UpstreamURL.parse(url)
@@ -294,15 +308,89 @@ class Store:
         except ValueError as e:
             raise Invalid(_withoutPassword(str(e))) from None
         priority = inputs.priority(priority)
-        secret = None if parsed.password is None else self._keyRing.encrypt(parsed.password)
+        oauth = inputs.oauthSettings(parsed, oauth)
+        encrypt = self._encrypt
+        columns: dict[str, Any] = {}
+        if oauth is not None:
+            columns.update(
+                oauth_token_url=oauth.tokenUrl,
+                oauth_client_id=oauth.clientId.strip(),
+                oauth_scope=oauth.scope,
+                oauth_provider=oauth.provider,
+                oauth_client_secret=encrypt(oauth.clientSecret),
+                oauth_refresh_token=encrypt(oauth.refreshToken),
+            )
+        if clientCertificate is not None:
+            chain, key = inputs.clientCertificate(*clientCertificate)
+            columns.update(client_cert=chain.decode("ascii"), client_key=encrypt(key.decode("ascii")))
         with self._changing() as session:
             owner = _findTenant(session, tenant)
             record = UpstreamRecord(
-                tenant=owner, url=parsed.withoutPassword().unparse(), secret=secret, priority=priority
+                tenant=owner,
+                url=parsed.withoutPassword().unparse(),
+                secret=encrypt(parsed.password),
+                priority=priority,
+                **columns,
             )
             session.add(record)
             session.flush()
             return upstreamInfo(record)
+
+    def _encrypt(self, text: str | None) -> str | None:
+        return None if text is None else self._keyRing.encrypt(text)
+
+    def findUpstream(self, tenant: str, upstream: str) -> tuple[UpstreamInfo, tenants.Upstream]:
+        """
+        One of a tenant's upstreams, as operators see it and as the relay
+        uses it (secrets decrypted: for C{upstream test} and consent only).
+
+        @param upstream: its id (C{3} or C{#3}) or URL, as L{removeUpstream} takes.
+        @raise NotFound: no such tenant or upstream.
+        @raise Invalid: a selector several upstreams match.
+        """
+        with Session(self._engine) as session, session.begin():
+            record = _selectUpstream(_findTenant(session, tenant), tenant, upstream)
+            try:
+                return upstreamInfo(record), relayUpstream(record, self._keyRing)
+            except ValueError as e:
+                raise Invalid(f"upstream #{record.id} cannot be read: {e}") from None
+
+    def setRefreshToken(self, upstreamId: int, refreshToken: str) -> None:
+        """
+        Give an OAuth upstream the refresh token of a new consent (the
+        relay reloads it).
+
+        @raise NotFound: no such upstream, or it has no OAuth client.
+        """
+        with self._changing() as session:
+            record = session.get(UpstreamRecord, upstreamId)
+            if record is None or record.oauth_token_url is None:
+                raise NotFound(f"no OAuth upstream #{upstreamId}")
+            record.oauth_refresh_token = self._keyRing.encrypt(refreshToken)
+
+    def loadRefreshToken(self, upstreamId: int) -> str | None:
+        """The refresh token stored for an upstream now (another process may have rotated it)."""
+        with Session(self._engine) as session, session.begin():
+            stored = session.scalars(
+                select(UpstreamRecord.oauth_refresh_token).where(UpstreamRecord.id == upstreamId)
+            ).one_or_none()
+        return None if stored is None else self._keyRing.decrypt(stored)
+
+    def rotateRefreshToken(self, upstreamId: int, old: str, new: str) -> bool:
+        """
+        Store a refresh token the provider rotated, if the one stored is
+        still C{old} (another process may have rotated it first): C{True}
+        when stored.  The generation is left alone: the relay that rotated
+        it holds the new one already.
+        """
+        with self._changing(bump=False) as session:
+            record = session.get(UpstreamRecord, upstreamId, with_for_update=True)
+            if record is None or record.oauth_refresh_token is None:
+                return False
+            if self._keyRing.decrypt(record.oauth_refresh_token) != old:
+                return False
+            record.oauth_refresh_token = self._keyRing.encrypt(new)
+            return True
 
     def removeUpstream(self, tenant: str, upstream: str) -> UpstreamInfo:
         """
@@ -315,37 +403,34 @@ class Store:
         @raise Invalid: a malformed URL, or one that several upstreams of
             the tenant have (give the id).
         """
-        shown, matches = _upstreamSelector(upstream)
         with self._changing() as session:
-            owner = _findTenant(session, tenant)
-            found = [record for record in owner.upstreams if matches(record)]
-            if not found:
-                raise NotFound(f"tenant {tenant!r} has no upstream {shown}")
-            if len(found) > 1:
-                ids = ", ".join(str(record.id) for record in found)
-                raise Invalid(f"upstreams {ids} of tenant {tenant!r} are {shown}: give the id to remove one")
-            session.delete(found[0])
-            return upstreamInfo(found[0])
+            record = _selectUpstream(_findTenant(session, tenant), tenant, upstream, "remove one")
+            session.delete(record)
+            return upstreamInfo(record)
 
     def reencryptSecrets(self) -> SecretRotation:
         """
-        Encrypt every stored upstream password again with the primary key
-        (after L{relay.store.secrets.rotate}), in one transaction.  The
-        generation is left alone: the passwords, as the relay sees them, do
-        not change.
+        Encrypt every stored upstream secret (passwords, OAuth client
+        secrets and refresh tokens, client certificate keys) again with the
+        primary key (after L{relay.store.secrets.rotate}), in one
+        transaction.  The generation is left alone: the secrets, as the
+        relay sees them, do not change.
         """
         reencrypted, undecryptable = 0, []
         with self._changing(bump=False) as session:
-            records = session.scalars(select(UpstreamRecord).where(UpstreamRecord.secret.is_not(None)))
-            for record in records:
-                if record.secret is None:
-                    continue
+            for record in session.scalars(select(UpstreamRecord)):
                 try:
-                    record.secret = self._keyRing.reencrypt(record.secret)
+                    again = {
+                        column: self._keyRing.reencrypt(getattr(record, column))
+                        for column in SECRET_COLUMNS
+                        if getattr(record, column) is not None
+                    }
                 except UndecryptableSecret:
                     undecryptable.append(record.id)
-                else:
-                    reencrypted += 1
+                    continue
+                for column, token in again.items():
+                    setattr(record, column, token)
+                reencrypted += len(again)
         return SecretRotation(reencrypted=reencrypted, undecryptable=tuple(undecryptable))
 
     # Sender domains and the blocklist
@@ -514,6 +599,18 @@ class Store:
                 )
             }
         return tenants.Snapshot(generation=generation, tenants=loaded, logins=logins, problems=tuple(problems))
+
+
+def _selectUpstream(owner: Tenant, tenant: str, upstream: str, purpose: str = "choose one") -> UpstreamRecord:
+    """The one upstream of C{owner} that C{upstream} (an id or a URL) names; C{purpose} for the ambiguity's message."""
+    shown, matches = _upstreamSelector(upstream)
+    found = [record for record in owner.upstreams if matches(record)]
+    if not found:
+        raise NotFound(f"tenant {tenant!r} has no upstream {shown}")
+    if len(found) > 1:
+        ids = ", ".join(str(record.id) for record in found)
+        raise Invalid(f"upstreams {ids} of tenant {tenant!r} are {shown}: give the id to {purpose}")
+    return found[0]
 
 
 def _upstreamSelector(upstream: str) -> tuple[str, Callable[[UpstreamRecord], bool]]:

@@ -11,15 +11,18 @@ L{UsageRow}s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 
 from relay.core.tenant import Rate
 
 __all__ = [
     "COUNTERS",
+    "ClientCertificateInfo",
     "LoginInfo",
     "NetworkInfo",
+    "OAuthInfo",
+    "OAuthSettings",
     "SecretRotation",
     "TenantDetails",
     "TenantExport",
@@ -92,18 +95,68 @@ class LoginInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthSettings:
+    """
+    An upstream's OAuth 2.0 client, as given to L{relay.store.repository.Store.addUpstream}.
+
+    @ivar provider: the C{--oauth-provider} preset it was filled from
+        (C{microsoft:TENANT_ID}, C{google}), kept for the consent flow.
+    @ivar clientSecret: for confidential clients (and the client-credentials grant).
+    @ivar refreshToken: a user's consent (the refresh-token grant); may be
+        given later by C{upstream oauth-consent}.
+    """
+
+    tokenUrl: str
+    clientId: str
+    scope: str | None = None
+    provider: str | None = None
+    clientSecret: str | None = field(default=None, repr=False)
+    refreshToken: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthInfo:
+    """
+    An upstream's OAuth client as operators see it: its secrets only said
+    to be there (C{hasClientSecret}, C{hasRefreshToken}).
+
+    @ivar grant: C{client_credentials} or C{refresh_token}.
+    """
+
+    tokenUrl: str
+    clientId: str
+    scope: str | None
+    provider: str | None
+    grant: str
+    hasClientSecret: bool
+    hasRefreshToken: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCertificateInfo:
+    """The client certificate an upstream is given: what it names and when it expires (its key never shown)."""
+
+    subject: str
+    notAfter: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamInfo:
     """
     One upstream as shown to operators.
 
-    @ivar id: names it to C{upstream remove}.
+    @ivar id: names it to C{upstream remove} and C{upstream test}.
     @ivar url: the URL with its password redacted (C{***}).
     @ivar priority: lowest is tried first.
+    @ivar oauth: its OAuth client, secrets withheld.
+    @ivar clientCertificate: its client certificate, key withheld.
     """
 
     id: int
     url: str
     priority: int
+    oauth: OAuthInfo | None = None
+    clientCertificate: ClientCertificateInfo | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,7 +216,12 @@ class TenantExport:
 
     tenant: TenantDetails
     usage: tuple[UsageRow, ...]
-    redacted: tuple[str, ...] = ("login password hashes", "upstream passwords")
+    redacted: tuple[str, ...] = (
+        "login password hashes",
+        "upstream passwords",
+        "OAuth client secrets and refresh tokens",
+        "client certificate keys",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

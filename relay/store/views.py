@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
+from cryptography import x509
+
 from relay.core import tenant as tenants
+from relay.core.credentials import ClientCertificate, Credentials, OAuthClient
 from relay.core.tenant import Rate
 from relay.core.urls import UpstreamURL
 from relay.store.errors import UndecryptableSecret
 from relay.store.models import ACTIVE, Tenant, UpstreamRecord
 from relay.store.secrets import KeyRing
-from relay.store.values import LoginInfo, NetworkInfo, TenantDetails, TenantInfo, UpstreamInfo
+from relay.store.values import (
+    ClientCertificateInfo,
+    LoginInfo,
+    NetworkInfo,
+    OAuthInfo,
+    TenantDetails,
+    TenantInfo,
+    UpstreamInfo,
+)
 
-__all__ = ["details", "relayTenant", "tenantInfo", "upstreamInfo"]
+__all__ = ["details", "relayTenant", "relayUpstream", "tenantInfo", "upstreamInfo"]
 
 
 def _tenantFields(tenant: Tenant) -> dict[str, Any]:
@@ -54,9 +66,29 @@ def tenantInfo(tenant: Tenant) -> TenantInfo:
 
 
 def upstreamInfo(record: UpstreamRecord) -> UpstreamInfo:
-    """An upstream as operators see it: C{***} where its password is."""
+    """An upstream as operators see it: C{***} where its password is, its other secrets only said to be there."""
     url = record.url if record.secret is None else UpstreamURL.parse(record.url).withPassword("").redacted()
-    return UpstreamInfo(id=record.id, url=url, priority=record.priority)
+    oauth = None
+    if record.oauth_token_url is not None:
+        oauth = OAuthInfo(
+            tokenUrl=record.oauth_token_url,
+            clientId=record.oauth_client_id or "",
+            scope=record.oauth_scope,
+            provider=record.oauth_provider,
+            grant=_grant(record),
+            hasClientSecret=record.oauth_client_secret is not None,
+            hasRefreshToken=record.oauth_refresh_token is not None,
+        )
+    certificate = None
+    if record.client_cert is not None:
+        try:
+            parsed = x509.load_pem_x509_certificate(record.client_cert.encode("ascii"))
+            certificate = ClientCertificateInfo(
+                subject=parsed.subject.rfc4514_string(), notAfter=parsed.not_valid_after_utc
+            )
+        except ValueError:
+            certificate = ClientCertificateInfo(subject="(unreadable certificate)", notAfter=datetime.min)
+    return UpstreamInfo(id=record.id, url=url, priority=record.priority, oauth=oauth, clientCertificate=certificate)
 
 
 def details(tenant: Tenant) -> TenantDetails:
@@ -102,9 +134,52 @@ def _relayUpstreams(tenant: Tenant, keyRing: KeyRing, problems: list[str]) -> It
     """A tenant's usable upstreams, in priority order; the others go to C{problems}."""
     for record in tenant.upstreams:
         try:
-            url = UpstreamURL.parse(record.url)
-            password = None if record.secret is None else keyRing.decrypt(record.secret)
+            yield relayUpstream(record, keyRing)
         except (ValueError, UndecryptableSecret) as e:
             problems.append(f"tenant {tenant.name!r}: upstream {record.id} left out: {e}")
-            continue
-        yield tenants.Upstream(url=url.withPassword(password), priority=record.priority)
+
+
+def relayUpstream(record: UpstreamRecord, keyRing: KeyRing) -> tenants.Upstream:
+    """
+    An upstream as the relay uses it, every secret decrypted.
+
+    @raise ValueError: its URL does not parse.
+    @raise UndecryptableSecret: a secret no key decrypts.
+    """
+    url = UpstreamURL.parse(record.url)
+    password = None if record.secret is None else keyRing.decrypt(record.secret)
+    credentials = _credentials(record, keyRing)
+    return tenants.Upstream(url=url.withPassword(password).withCredentials(credentials), priority=record.priority)
+
+
+def _grant(record: UpstreamRecord) -> str:
+    if record.oauth_refresh_token is not None:
+        return "refresh_token"
+    if record.oauth_client_secret is not None:
+        return "client_credentials"
+    return "none yet (upstream oauth-consent gives it a refresh token)"
+
+
+def _credentials(record: UpstreamRecord, keyRing: KeyRing) -> Credentials | None:
+    """An upstream's OAuth client and client certificate, decrypted."""
+
+    def decrypted(token: str | None) -> str | None:
+        return None if token is None else keyRing.decrypt(token)
+
+    oauth = None
+    if record.oauth_token_url is not None:
+        oauth = OAuthClient(
+            tokenUrl=record.oauth_token_url,
+            clientId=record.oauth_client_id or "",
+            scope=record.oauth_scope,
+            clientSecret=decrypted(record.oauth_client_secret),
+            refreshToken=decrypted(record.oauth_refresh_token),
+            upstreamId=record.id,
+        )
+    certificate = None
+    if record.client_cert is not None and record.client_key is not None:
+        key = keyRing.decrypt(record.client_key)
+        certificate = ClientCertificate(chain=record.client_cert.encode("ascii"), key=key.encode("ascii"))
+    if oauth is None and certificate is None:
+        return None
+    return Credentials(oauth=oauth, clientCertificate=certificate)

@@ -80,6 +80,13 @@ class Metrics:
         self.upstreamErrors = Counter(
             "smtprelay_upstream_errors", "Upstream failures by kind.", ["upstream_type", "kind"], registry=r
         )
+        self.upstreamUp = Gauge(
+            "smtprelay_upstream_up",
+            "1 while the upstream is usable, 0 while the circuit breaker holds it down (the lowest over workers).",
+            ["tenant", "upstream"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.policyRejections = Counter(
             "smtprelay_policy_rejections", "Refusals (reject or tempfail) by policy.", ["policy"], registry=r
         )

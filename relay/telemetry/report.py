@@ -132,6 +132,10 @@ class Reporter:
     def upstreamError(self, upstreamType: str, kind: str) -> None:
         self.metrics.upstreamErrors.labels(upstreamType, kind).inc()
 
+    def upstreamState(self, tenant: str, upstream: str, up: bool) -> None:
+        """The circuit breaker's view of one of a tenant's upstreams (its URL redacted)."""
+        self.metrics.upstreamUp.labels(tenant, upstream).set(1 if up else 0)
+
     def transaction(
         self,
         client: ClientInfo,

@@ -68,8 +68,20 @@ class _NamedClient:
 
 
 def upstreamTLS(url: UpstreamURL) -> IOpenSSLClientConnectionCreator:
-    """The client TLS settings of an SMTP or LMTP upstream: TLS 1.2 at least, SNI, checked afterwards."""
-    return _NamedClient(url.host, CertificateOptions(raiseMinimumTo=MINIMUM_TLS))
+    """
+    The client TLS settings of an SMTP or LMTP upstream: TLS 1.2 at least,
+    SNI, checked afterwards; the upstream's client certificate presented
+    when its credentials have one (Microsoft 365 certificate connectors).
+    """
+    mine = url.credentials.clientCertificate if url.credentials is not None else None
+    if mine is None:
+        return _NamedClient(url.host, CertificateOptions(raiseMinimumTo=MINIMUM_TLS))
+    chain = [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in pemCertificates(mine.chain)]
+    key = crypto.load_privatekey(crypto.FILETYPE_PEM, mine.key)
+    options = CertificateOptions(
+        privateKey=key, certificate=chain[0], extraCertChain=chain[1:], raiseMinimumTo=MINIMUM_TLS
+    )
+    return _NamedClient(url.host, options)
 
 
 def _isAddress(host: str) -> bool:

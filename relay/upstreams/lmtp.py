@@ -44,7 +44,15 @@ from relay.core.reply import Reply
 from relay.core.urls import UpstreamURL
 from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
 from relay.seams.upstream import UpstreamContext
-from relay.upstreams.smtp import OPTIONS, connectSMTP, replyTimeout, tcpEndpoint, validateOptions, validateServerURL
+from relay.upstreams.smtp import (
+    OPTIONS,
+    SetupNotes,
+    connectSMTP,
+    replyTimeout,
+    tcpEndpoint,
+    validateOptions,
+    validateServerURL,
+)
 from relay.upstreams.smtpclient import SMTPSession
 
 __all__ = ["LMTPSession", "LMTPUpstreamType"]
@@ -109,7 +117,10 @@ class LMTPUpstreamType:
             )
         validateOptions(url, {"timeout", "recipients"})
 
-    def open(self, url: UpstreamURL, context: UpstreamContext) -> Deferred[LMTPSession]:
+    def open(
+        self, url: UpstreamURL, context: UpstreamContext, notes: SetupNotes | None = None
+    ) -> Deferred[LMTPSession]:
+        """Connect and say LHLO; C{notes} filled in as it goes (L{relay.upstreams.diagnose})."""
         local = url.scheme == "lmtp+unix"
         endpoint: IStreamClientEndpoint
         if local:
@@ -117,7 +128,9 @@ class LMTPUpstreamType:
         else:
             endpoint, peer = tcpEndpoint(url, context)
         greet = b"LHLO " + context.hostname.encode("ascii")
-        d = Deferred.fromCoroutine(connectSMTP(endpoint, peer, url, context, greet, LMTPSession, startTLS=not local))
+        d = Deferred.fromCoroutine(
+            connectSMTP(endpoint, peer, url, context, greet, LMTPSession, startTLS=not local, notes=notes)
+        )
         return d.addCallback(self._configured, url.option("recipients", "one") == "many")
 
     def _configured(self, session: LMTPSession, many: bool) -> LMTPSession:

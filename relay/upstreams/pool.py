@@ -8,6 +8,12 @@ the next upstream.  Sessions are kept open between transactions, up to a cap
 per upstream and for an idle timeout, so a busy tenant pays the TCP, TLS and
 AUTH handshake once, not once per message.
 
+An upstream that failed to open is marked down for a while
+(L{relay.upstreams.breaker}): it is tried after the tenant's other
+upstreams, or not at all while its back-off runs, and a probe in the
+background checks it once the back-off is over, so a hung upstream costs
+one timeout, not one per message.
+
 The pool keeps the lifecycle the plugin interface promises
 (L{relay.seams.interfaces.IUpstreamSession}): a session is checked against
 the interface when it is opened, and C{reset()} is called before every
@@ -33,6 +39,7 @@ from relay.core.urls import UpstreamURL
 from relay.seams.interfaces import IUpstreamSession, IUpstreamTLS, IUpstreamType
 from relay.seams.registration import PluginError, conformance
 from relay.seams.upstream import UpstreamContext, UpstreamError
+from relay.upstreams.breaker import DOWN_KINDS, Breaker
 
 __all__ = ["Lease", "Opening", "Route", "UpstreamPool"]
 
@@ -67,6 +74,11 @@ class Lease:
     @property
     def alive(self) -> bool:
         return not self._failed and bool(self._sync("alive", lambda: self.session.alive))
+
+    def reusable(self, now: float) -> bool:
+        """Alive, and not past its C{reusableUntil} (an optional attribute of sessions)."""
+        until = getattr(self.session, "reusableUntil", None)
+        return self.alive and (until is None or now < until)
 
     def mailFrom(self, sender: str, parameters: dict[str, str | None]) -> Deferred[Reply]:
         return self._call("mailFrom", self.session.mailFrom, sender, parameters).addCallback(self._reply, "mailFrom")
@@ -158,8 +170,10 @@ class UpstreamPool:
         it a transaction waits for a session to come back, for at most the
         context's timeout.
     @param reporter: told of every session opened (C{upstreamOpened(type,
-        seconds, tlsVersion)}) and every failure to open one
-        (C{upstreamError(type, kind)}); a L{relay.telemetry.report.Reporter}.
+        seconds, tlsVersion)}), every failure to open one
+        (C{upstreamError(type, kind)}) and of upstreams going down and up
+        (C{upstreamState(tenant, url, up)}); a
+        L{relay.telemetry.report.Reporter}.
     """
 
     log = Logger()
@@ -183,6 +197,12 @@ class UpstreamPool:
         self._open: dict[UpstreamURL, int] = defaultdict(int)
         self._waiting: dict[UpstreamURL, deque[Deferred[tuple[Lease, bool]]]] = defaultdict(deque)
         self._leases: set[Lease] = set()
+        self._tenants: dict[UpstreamURL, set[str]] = defaultdict(set)  # who routes to it, for the gauge
+        self.breaker = Breaker(context.reactor, onChange=self._stateChanged)
+
+    def _stateChanged(self, url: UpstreamURL, up: bool) -> None:
+        for tenant in sorted(self._tenants[url]):
+            self._reporter.upstreamState(tenant, url.redacted(), up)
 
     def route(self, tenant: Tenant) -> Route:
         """
@@ -190,10 +210,34 @@ class UpstreamPool:
         tried; a session to the first is opened (or taken from the pool) at
         once, while the client goes on with its envelope.
         """
+        for upstream in tenant.upstreams:
+            if tenant.name not in self._tenants[upstream.url]:
+                self._tenants[upstream.url].add(tenant.name)
+                up = not self.breaker.isDown(upstream.url)
+                self._reporter.upstreamState(tenant.name, upstream.url.redacted(), up)
         return Route(self, tenant)
 
     def _inOrder(self, upstreams: tuple[Upstream, ...]) -> list[Upstream]:
-        return sorted(upstreams, key=lambda u: (u.priority, self._random.random()))
+        """By priority (equal ones shuffled), those marked down last; a down one whose back-off is over probed."""
+        ordered = sorted(upstreams, key=lambda u: (self.breaker.isDown(u.url), u.priority, self._random.random()))
+        if ordered and not self.breaker.isDown(ordered[0].url):  # someone can take the mail meanwhile
+            for upstream in ordered:
+                if self.breaker.isDown(upstream.url) and self.breaker.probeDue(upstream.url):
+                    self._probe(upstream.url)
+        return ordered
+
+    def _probe(self, url: UpstreamURL) -> None:
+        """Check a down upstream in the background; a session it opens is kept for the next transaction."""
+        if self._open[url] >= self._max:
+            return
+        self.breaker.probing(url, True)
+
+        def done(result):
+            self.breaker.probing(url, False)
+            if isinstance(result, tuple):
+                self._reuse(result[0])
+
+        self._connect(url).addBoth(done)
 
     def _acquire(self, url: UpstreamURL) -> Deferred[tuple[Lease, bool]]:
         """A session to C{url}: idle if one is, new if under the cap, else wait."""
@@ -201,14 +245,25 @@ class UpstreamPool:
         while idle:
             lease, timer = idle.pop()
             timer.cancel()
-            if lease.alive:
+            if lease.reusable(self._context.reactor.seconds()):
                 return succeed((lease, True))
             self._forget(lease)
+            lease.close()
+        if self.breaker.isDown(url):  # only its probe: this attempt, if none is under way
+            if not self.breaker.probeDue(url):
+                again = self.breaker.retryIn(url)
+                return fail(UpstreamError("down", f"marked down after failures; tried again in {again:.0f} s"))
+            self.breaker.probing(url, True)
+            return self._connect(url).addBoth(self._probed, url)
         if self._open[url] < self._max:
             return self._connect(url)
         waiter: Deferred[tuple[Lease, bool]] = Deferred()
         self._waiting[url].append(waiter)
         return waiter.addTimeout(self._context.timeout, self._context.reactor, self._busy)
+
+    def _probed(self, result, url: UpstreamURL):
+        self.breaker.probing(url, False)
+        return result
 
     def _busy(self, result, timeout):
         raise UpstreamError("busy", "too many connections to this upstream")
@@ -230,6 +285,7 @@ class UpstreamPool:
                 ) from None
             lease = Lease(session, url, kind.name)
             self._leases.add(lease)
+            self.breaker.succeeded(url)
             elapsed = self._context.reactor.seconds() - started
             tls = session.tlsVersion if IUpstreamTLS.providedBy(session) else None
             self._reporter.upstreamOpened(kind.name, elapsed, tls)
@@ -245,6 +301,14 @@ class UpstreamPool:
                     UpstreamError("protocol", f"upstream type {kind.name} failed: {failure.getErrorMessage()}")
                 )
             self._reporter.upstreamError(kind.name, failure.value.kind)
+            if failure.value.kind in DOWN_KINDS:
+                backoff = self.breaker.failed(url)
+                self.log.warn(
+                    "upstream {url} marked down for {backoff:.0f} s: {error}",
+                    url=url.redacted(),
+                    backoff=backoff,
+                    error=failure.value,
+                )
             return failure
 
         return maybeDeferred(kind.open, url, self._context).addCallback(opened).addErrback(failed)
@@ -261,6 +325,10 @@ class UpstreamPool:
         if not reusable or not lease.alive:
             lease.abort()
             self._forget(lease)
+            return
+        if not lease.reusable(self._context.reactor.seconds()):  # its credentials expire: QUIT
+            self._forget(lease)
+            lease.close()
             return
         lease.reset().addCallbacks(lambda _: self._reuse(lease), lambda _: self.release(lease, False))
 

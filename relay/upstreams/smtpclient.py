@@ -235,6 +235,7 @@ class SMTPSession:
         self._peer = peer
         self._pipelining = "PIPELINING" in extensions
         self._chunking = "CHUNKING" in extensions
+        self.reusableUntil: float | None = None  # an XOAUTH2 session's token expires then: not reused after
         self._forget()
 
     def _forget(self) -> None:

@@ -152,6 +152,16 @@ class RelayProcess:
         self.waitForGeneration(self.store.generation())
         return Account(name, f"{name}-user", password)
 
+    def addUpstream(self, tenant: str, url: str, priority: int = 10, **credentials) -> int:
+        """
+        One more upstream for a tenant, with C{oauth=OAuthSettings(...)} or
+        C{clientCertificate=(chain, key)} as the store takes them, loaded
+        by the relay; its id.
+        """
+        info = self.store.addUpstream(tenant, url, priority, validate=validateUpstream, **credentials)
+        self.waitForGeneration(self.store.generation())
+        return info.id
+
     def clientContext(self) -> ssl.SSLContext:
         return self.ca.clientContext()
 

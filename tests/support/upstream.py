@@ -43,6 +43,7 @@ import os
 import re
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -155,6 +156,8 @@ class UpstreamServer:
         unix: str | os.PathLike[str] | None = None,
         laxEndOfData: bool = False,
         extensions: tuple[str, ...] = (),
+        bearer: Callable[[str, str], bool] | None = None,
+        clientCA: str | os.PathLike[str] | None = None,
     ):
         """
         @param tls: certificate to present; enables STARTTLS.
@@ -173,6 +176,12 @@ class UpstreamServer:
         @param extensions: more EHLO keywords to offer and honour:
             C{SMTPUTF8} and C{DSN} (their parameters accepted and recorded),
             C{CHUNKING} (BDAT, RFC 3030).
+        @param bearer: offer AUTH XOAUTH2 and accept C{(user, token)} when
+            this says so (a refused token gets the 334 error challenge, then
+            C{535 5.7.3}).
+        @param clientCA: ask for a client certificate in the TLS handshake,
+            verified against this CA file; the subjects seen are in
+            L{clientCertificates}.
         @param laxEndOfData: behave like a server open to SMTP smuggling:
             C{<CR>.<CR>} also ends the message, and what follows is read as
             commands, bare CRs ending lines.
@@ -183,7 +192,7 @@ class UpstreamServer:
         self.implicitTLS = implicitTLS
         self.requireTLS = requireTLS
         self.auth = auth
-        self.requireAuth = auth is not None if requireAuth is None else requireAuth
+        self.requireAuth = (auth is not None or bearer is not None) if requireAuth is None else requireAuth
         self.allowInsecureAuth = allowInsecureAuth
         self.maxSize = maxSize
         self.timeout = timeout
@@ -192,11 +201,16 @@ class UpstreamServer:
         self.unix = None if unix is None else os.fspath(unix)
         self.laxEndOfData = laxEndOfData
         self.extensions = tuple(extensions)
+        self.bearer = bearer
         self.host = HOST
         self.port: int = 0
         self._context = tls.serverContext() if tls else None
         if self._context:
             self._context.sni_callback = self._sni
+            if clientCA is not None:
+                self._context.verify_mode = ssl.CERT_OPTIONAL
+                self._context.load_verify_locations(os.fspath(clientCA))
+        self._clientCertificates: list[str] = []
         self._cond = threading.Condition(threading.RLock())
         self._stop = threading.Event()
         self._rules: list[_Rule] = []
@@ -408,6 +422,12 @@ class UpstreamServer:
         """Failed TLS handshakes, one description each."""
         with self._cond:
             return list(self._tlsErrors)
+
+    @property
+    def clientCertificates(self) -> list[str]:
+        """The subject (its common name) of each client certificate presented, in order."""
+        with self._cond:
+            return list(self._clientCertificates)
 
     @property
     def serverNames(self) -> list[str | None]:
@@ -667,8 +687,8 @@ class _Session:
         lines += self.server.extensions
         if self.server.tls and not self.tls:
             lines.append("STARTTLS")
-        if self.server.auth and (self.tls or self.server.allowInsecureAuth):
-            lines.append("AUTH PLAIN LOGIN")
+        if (self.server.auth or self.server.bearer) and (self.tls or self.server.allowInsecureAuth):
+            lines.append("AUTH PLAIN LOGIN" + (" XOAUTH2" if self.server.bearer else ""))
         self.greet(verb, arg, "\n".join(f"250-{line}" for line in lines[:-1]) + f"\n250 {lines[-1]}")
 
     def smtp_HELO(self, arg: str) -> None:
@@ -712,19 +732,25 @@ class _Session:
                 self.server._update(lambda: self.server._tlsErrors.append(error))
             raise _Closed() from e
         self.tls = True
+        presented = self.sock.getpeercert()
+        if presented:
+            subject = dict(part for rdn in presented["subject"] for part in rdn).get("commonName", "?")
+            self.server._update(lambda: self.server._clientCertificates.append(subject))
 
     def smtp_AUTH(self, arg: str) -> None:
         mechanism, _, initial = arg.partition(" ")
         mechanism = mechanism.upper()
         default = self.authRefusal(mechanism)
         user = None
-        if default is None:
+        if default is None and mechanism == "XOAUTH2":
+            user, default = self.xoauth2(initial.strip())
+        elif default is None:
             try:
                 user, password = self.authExchange(mechanism, initial.strip())
             except _AuthFailed as e:
                 default = str(e)
             else:
-                good = (user, password) == tuple(self.server.auth)
+                good = self.server.auth is not None and (user, password) == tuple(self.server.auth)
                 default = (
                     "235 2.7.0 Authentication successful" if good else "535 5.7.8 Authentication credentials invalid"
                 )
@@ -733,9 +759,26 @@ class _Session:
             self.user = user
         self.send(reply)
 
+    def xoauth2(self, initial: str) -> tuple[str | None, str]:
+        """
+        SASL XOAUTH2 as Google and Microsoft run it: a good bearer token is
+        235; a bad one gets the 334 error challenge, and after the client's
+        empty line, 535.
+        """
+        fields = dict(
+            part.split("=", 1) for part in _decode64(initial or self.challenge("")).split("\x01") if "=" in part
+        )
+        user, bearer = fields.get("user"), fields.get("auth", "")
+        token = bearer[len("Bearer ") :] if bearer.startswith("Bearer ") else ""
+        if user is not None and self.server.bearer(user, token):
+            return user, "235 2.7.0 Authentication successful"
+        error = base64.b64encode(b'{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
+        self.challenge(error.decode("ascii"))
+        return None, "535 5.7.3 Authentication unsuccessful"
+
     def authRefusal(self, mechanism: str) -> str | None:
         """Why AUTH may not start now, as a reply; C{None} if it may."""
-        if self.server.auth is None:
+        if self.server.auth is None and self.server.bearer is None:
             return "502 5.5.1 AUTH not available"
         if self.helo is None:
             return "503 5.5.1 Error: send EHLO first"
@@ -745,7 +788,7 @@ class _Session:
             return "503 5.5.1 AUTH not permitted during a mail transaction"
         if not (self.tls or self.server.allowInsecureAuth):
             return "538 5.7.11 Encryption required for requested authentication mechanism"
-        if mechanism not in ("PLAIN", "LOGIN"):
+        if mechanism not in ("PLAIN", "LOGIN") + (("XOAUTH2",) if self.server.bearer else ()):
             return "504 5.5.4 Unrecognized authentication type"
         return None
 
