@@ -7,12 +7,14 @@ tenant without its secrets, and deleting everything about a tenant.
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import select, text
 
 from relay.auth.passwords import hashPassword
+from relay.store.accounts import Accounts
+from relay.store.activity import ActivityLog, ActivityRow
 from relay.store.database import openEngine
 from relay.store.errors import Invalid
 from relay.store.models import Base
@@ -211,9 +213,14 @@ def test_exportUnknown(admin):
 
 
 def rowsAbout(engine, tenantId: int, name: str) -> dict[str, int]:
-    """For every table, how many of its rows hold the tenant's id (as C{id} of tenants, or C{tenant_id}) or name."""
+    """
+    For every table, how many of its rows hold the tenant's id (as C{id} of
+    tenants, or C{tenant_id}), the id of one of its accounts (C{account_id})
+    or its name.
+    """
     found = {}
     with engine.connect() as connection:
+        accounts = set(connection.scalars(text("SELECT id FROM accounts WHERE tenant_id = :t"), {"t": tenantId}))
         for table in Base.metadata.sorted_tables:
             idColumn = table.c.get("tenant_id", table.c.id if table.name == "tenants" else None)
             rows = connection.execute(select(table)).mappings().all()
@@ -221,6 +228,7 @@ def rowsAbout(engine, tenantId: int, name: str) -> dict[str, int]:
                 1
                 for row in rows
                 if (idColumn is not None and row[idColumn.name] == tenantId)
+                or row.get("account_id") in accounts
                 or any(name in str(v) for v in row.values())
             )
     return found
@@ -239,16 +247,28 @@ def test_purge(admin, databaseURL, keyFile):
     Store(engine, KeyRing.fromFile(keyFile)).recordUsage(
         [UsageDelta("purgeme", date(2025, 3, 3), relayed=1), UsageDelta("acme", date(2025, 3, 3), relayed=1)]
     )
+    accounts = Accounts(engine)
+    member = accounts.addMember("purgeme", "pat@purgeme.example", "Pat", PASSWORD)
+    accounts.newSession(member.id)
+    accounts.startReset("pat@purgeme.example")
+    accounts.addApiToken("ci", "purgeme")
+    ActivityLog(engine).record(
+        [
+            ActivityRow(
+                "purgeme", datetime.now(UTC), "Q1", None, "a@purgeme.example", "b@x.example", 1, None, "250", "relayed"
+            )
+        ]
+    )
     with engine.connect() as connection:
         tenantId = connection.scalar(text("SELECT id FROM tenants WHERE name = 'purgeme'"))
     before = rowsAbout(engine, tenantId, "purgeme")
-    assert [table for table, count in before.items() if not count] == ["store_generation"]
+    assert [table for table, count in before.items() if not count] == ["plans", "store_generation"]
 
     result = admin("tenant", "delete", "purgeme", "--purge")
     assert (result.status, result.err) == (0, "")
     assert result.out == (
-        "tenant 'purgeme' deleted with every row about it (blocked_domains 1, client_networks 1, logins 1, "
-        "sender_domains 1, upstreams 1, usage 1)\n"
+        "tenant 'purgeme' deleted with every row about it (account_tokens 1, accounts 1, activity 1, api_tokens 1, "
+        "blocked_domains 1, client_networks 1, logins 1, sender_domains 1, upstreams 1, usage 1, web_sessions 1)\n"
     )
     assert set(rowsAbout(engine, tenantId, "purgeme").values()) == {0}
     with engine.connect() as connection:

@@ -75,6 +75,7 @@ class Transaction:
     @ivar size: message bytes received so far (the trace header not counted).
     @ivar notes: free space for plugins; by convention keyed by plugin name.
     @ivar dataStarted: when the client sent DATA (reactor time), or C{None}.
+    @ivar messageId: the message's C{Message-ID} field, once its header block arrived.
     """
 
     queueId: str
@@ -84,6 +85,7 @@ class Transaction:
     size: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     dataStarted: float | None = None
+    messageId: str | None = None
 
     @property
     def utf8(self) -> bool:

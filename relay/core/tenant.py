@@ -94,6 +94,8 @@ class Tenant:
     @ivar networks: the client networks; when any is not C{noAuth}, AUTH is
         only accepted from the networks listed.
     @ivar blocklist: URL domains refused in message content, lower case.
+    @ivar trialEndsAt: while on trial, when it ends (seconds since the
+        epoch); past it, mail is refused until the tenant has a plan.
     """
 
     name: str
@@ -109,6 +111,7 @@ class Tenant:
     allowBounces: bool = False
     networks: tuple[Network, ...] = ()
     blocklist: frozenset[str] = frozenset()
+    trialEndsAt: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,9 @@ class UpstreamURL:
     @ivar credentials: an OAuth client and a client certificate, from the
         store (never part of the URL's text); part of the URL's identity, so
         sessions made with other credentials are never shared.
+    @ivar restricted: a tenant entered it (the portal, a tenant's API
+        token): its host may not lead to loopback, private, link-local or
+        multicast addresses, nor to the relay itself (docs/design.md §9).
     """
 
     scheme: str
@@ -41,6 +44,7 @@ class UpstreamURL:
     password: str | None = field(default=None, repr=False)
     options: dict[str, str] = field(default_factory=dict, hash=False)
     credentials: Credentials | None = field(default=None, repr=False)
+    restricted: bool = False
 
     @classmethod
     def parse(cls, text: str) -> UpstreamURL:
@@ -77,6 +81,10 @@ class UpstreamURL:
     def withCredentials(self, credentials: Credentials | None) -> UpstreamURL:
         """This URL with an OAuth client and a client certificate."""
         return replace(self, credentials=credentials)
+
+    def asRestricted(self, restricted: bool = True) -> UpstreamURL:
+        """This URL as one a tenant entered (see L{restricted})."""
+        return replace(self, restricted=restricted)
 
     def _render(self, password: str | None) -> str:
         netloc = ""

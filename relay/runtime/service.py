@@ -35,11 +35,13 @@ from relay.seams.upstream import UpstreamContext
 from relay.server.context import ServerContext
 from relay.server.guard import ConnectionGuard, MemoryAuthFailures, RedisAuthFailures
 from relay.server.protocol import SMTPServerFactory
+from relay.store.activity import ActivityLog
 from relay.store.database import openEngine, requireCurrentSchema
 from relay.store.errors import StoreError
 from relay.store.repository import Store
 from relay.store.secrets import KeyRing
 from relay.telemetry.accounting import UsageRecorder
+from relay.telemetry.activity import ActivityRecorder
 from relay.telemetry.logs import useLogFormat
 from relay.telemetry.metrics import Metrics
 from relay.telemetry.monitoring import metricsSite
@@ -195,7 +197,8 @@ class RelayService(MultiService):
             failures = RedisAuthFailures(shared, options["auth-failure-window"], failures)
         self.metrics = Metrics()
         self.usage = UsageRecorder(store, reactor, self.threadPool, options["usage-interval"])
-        reporter = Reporter(self.metrics, redact, self.usage)
+        self.activity = ActivityRecorder(ActivityLog(store.engine), reactor, self.threadPool)
+        reporter = Reporter(self.metrics, redact, self.usage, self.activity)
         upstreamContext = UpstreamContext(
             reactor=reactor,
             hostname=options["hostname"],
@@ -305,6 +308,7 @@ class RelayService(MultiService):
         self.threadPool.start()
         self.directory.start()
         self.usage.start()
+        self.activity.start()
         inherited = self._options["inherit-fds"]
         if not inherited:  # under --workers the parent serves the metrics of all
             site = metricsSite(self.metrics.registry, self.readiness, self._reactor)
@@ -347,6 +351,7 @@ class RelayService(MultiService):
             protocol.shutDown()
         await self.upstreams.closeIdle()
         await self.usage.stop()
+        await self.activity.stop()
         self.threadPool.stop()
         if self._metricsPort is not None:
             await self._metricsPort.stopListening()

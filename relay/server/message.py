@@ -197,7 +197,10 @@ class MessageStream:
         block, body = bytes(header[:end]), bytes(header[end:])
         self._header = None
         self._transaction.size += len(block)
-        verdict = self._policies.check("headers", self._client, self._transaction, HeaderBlock(block))
+        headers = HeaderBlock(block)
+        verdict = self._policies.check("headers", self._client, self._transaction, headers)
+        messageIds = headers.get("Message-ID")  # parsed once, by the policies already
+        self._transaction.messageId = messageIds[0].strip()[:998] if messageIds else None
         self._decide(verdict, self._trace + block, body)
 
     def _decide(self, verdict: Verdict | Deferred[Verdict], forward: bytes, then: bytes) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -27,19 +28,27 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "Account",
+    "AccountToken",
+    "Activity",
+    "ApiToken",
     "Base",
     "BlockedDomain",
     "ClientNetwork",
     "Login",
+    "Plan",
     "SenderDomain",
     "StoreGeneration",
     "Tenant",
     "UpstreamRecord",
     "Usage",
+    "WebSession",
 ]
 
 ACTIVE = "active"
 SUSPENDED = "suspended"
+OPERATOR = "operator"  # who added an upstream or a sender domain
+TENANT = "tenant"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -117,6 +126,10 @@ class Tenant(Base):
     )
     max_concurrency: Mapped[int | None] = mapped_column(Integer, _positive("max_concurrency"))
     allow_bounces: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    plan: Mapped[str | None] = mapped_column(String(63))  # a Plan's name; its limits apply where the tenant sets none
+    trial_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # set while on trial
+    trial_messages: Mapped[int | None] = mapped_column(Integer)  # messages the trial allows in all
+    activity_retention_days: Mapped[int | None] = mapped_column(Integer)  # None: --activity-retention-days
 
     logins: Mapped[list[Login]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", passive_deletes=True, order_by="Login.username"
@@ -175,6 +188,7 @@ class UpstreamRecord(Base):
     oauth_refresh_token: Mapped[str | None] = mapped_column(Text)  # encrypted
     client_cert: Mapped[str | None] = mapped_column(Text)  # PEM chain
     client_key: Mapped[str | None] = mapped_column(Text)  # encrypted PEM
+    origin: Mapped[str] = mapped_column(String(16), default=OPERATOR, server_default=OPERATOR)  # who added it
 
     tenant: Mapped[Tenant] = relationship(back_populates="upstreams")
 
@@ -191,12 +205,19 @@ class _TenantListed:
 
 
 class SenderDomain(_TenantListed, Base):
-    """A domain a tenant may send from: C{example.com}, or C{*.example.com} for its subdomains."""
+    """
+    A domain a tenant may send from: C{example.com}, or C{*.example.com} for
+    its subdomains.  One a tenant added counts once proven theirs (a DNS TXT
+    record with C{verify_token}): C{verified_at} is set then; an operator's
+    counts at once.
+    """
 
     __tablename__ = "sender_domains"
     __table_args__ = (UniqueConstraint("tenant_id", "domain"),)
 
     domain: Mapped[str] = mapped_column(String(255))
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    verify_token: Mapped[str | None] = mapped_column(String(64))
 
     tenant: Mapped[Tenant] = relationship(back_populates="domains")
 
@@ -254,3 +275,99 @@ class StoreGeneration(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class Plan(Base):
+    """A named set of limits (C{plan add}); a tenant on it has them where it sets none of its own."""
+
+    __tablename__ = "plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    max_size: Mapped[int | None] = mapped_column(BigInteger)
+    max_recipients: Mapped[int | None] = mapped_column(Integer)
+    rate_count: Mapped[int | None] = mapped_column(Integer)
+    rate_seconds: Mapped[int | None] = mapped_column(Integer)
+    rate_recipients_count: Mapped[int | None] = mapped_column(Integer)
+    rate_recipients_seconds: Mapped[int | None] = mapped_column(Integer)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+
+
+class Account(Base):
+    """
+    A person who logs in to the portal: a tenant's user, or an operator (who
+    sees every tenant).  E-mail addresses are kept lower case and unique.
+    """
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class WebSession(Base):
+    """A portal session, known by the SHA-256 of its cookie's value; bound to an account once logged in."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AccountToken(Base):
+    """A single-use, expiring token e-mailed to an account (C{verify}, C{reset}), known by its SHA-256."""
+
+    __tablename__ = "account_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """A bearer token of the API, known by its SHA-256: an operator's (no tenant) or one tenant's."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Activity(Base):
+    """
+    One recipient's outcome in one transaction: metadata only (never a body
+    or a subject), addresses as C{--log-addresses} says.  Kept for the
+    tenant's retention, then purged.
+    """
+
+    __tablename__ = "activity"
+    __table_args__ = (
+        Index("ix_activity_tenant_id_at", "tenant_id", "at"),
+        Index("ix_activity_tenant_id_queue_id", "tenant_id", "queue_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    queue_id: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str | None] = mapped_column(Text)
+    sender: Mapped[str] = mapped_column(Text)
+    recipient: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    upstream: Mapped[str | None] = mapped_column(Text)
+    reply: Mapped[str] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(String(16))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result, delete, select, update
+from sqlalchemy import CursorResult, Engine, Result, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relay.auth import passwords
@@ -29,21 +30,30 @@ from relay.store.database import snapshotEngine
 from relay.store.errors import Conflict, Invalid, NotFound, UndecryptableSecret
 from relay.store.models import (
     ACTIVE,
+    OPERATOR,
     SECRET_COLUMNS,
+    TENANT,
+    Account,
+    AccountToken,
     Base,
     BlockedDomain,
     ClientNetwork,
     Login,
+    Plan,
     SenderDomain,
     StoreGeneration,
     Tenant,
     UpstreamRecord,
+    Usage,
+    WebSession,
 )
 from relay.store.secrets import KeyRing
 from relay.store.usage import addUsage, readUsage
 from relay.store.values import (
+    DomainChallenge,
     NetworkInfo,
     OAuthSettings,
+    PlanInfo,
     SecretRotation,
     TenantDetails,
     TenantExport,
@@ -52,7 +62,7 @@ from relay.store.values import (
     UsageDelta,
     UsageRow,
 )
-from relay.store.views import details, relayTenant, relayUpstream, tenantInfo, upstreamInfo
+from relay.store.views import details, planInfo, relayTenant, relayUpstream, tenantInfo, upstreamInfo
 
 __all__ = ["Store"]
 
@@ -90,7 +100,12 @@ _SETTINGS: dict[str, Callable[[Any], dict[str, object]]] = {
     "rateRecipients": lambda value: _rateColumns("rate_recipients", inputs.rate(value, "recipient rate")),
     "maxConcurrency": lambda value: {"max_concurrency": inputs.limit(value, "maximum concurrency")},
     "allowBounces": _allowBounces,
+    "plan": lambda value: {"plan": value, "trial_ends_at": None, "trial_messages": None},  # checked in setTenant
+    "activityRetentionDays": lambda value: {
+        "activity_retention_days": inputs.limit(value, "activity retention days", 3660)
+    },
 }
+_PLAN_LIMITS = ("maxSize", "maxRecipients", "rate", "rateRecipients", "maxConcurrency")
 
 
 class Store:
@@ -107,6 +122,11 @@ class Store:
         self._snapshotEngine = snapshotEngine(engine)
         self._keyRing = keyRing
 
+    @property
+    def engine(self) -> Engine:
+        """The database, for the stores beside this one (accounts, activity)."""
+        return self._engine
+
     @contextmanager
     def _changing(self, bump: bool = True) -> Iterator[Session]:
         """
@@ -116,10 +136,10 @@ class Store:
 
         @param bump: C{False} for a change the relay's snapshot does not
             show (or not always): it takes the lock all the same, and may
-            L{_bump} later.
+            L{bumpGeneration} later.
         """
         with Session(self._engine) as session, session.begin():
-            _bump(session, int(bump))
+            bumpGeneration(session, int(bump))
             yield session
 
     # Tenants
@@ -171,10 +191,81 @@ class Store:
         columns = {column: value for key, item in changes.items() for column, value in _SETTINGS[key](item).items()}
         with self._changing() as session:
             tenant = _findTenant(session, name)
+            plan = changes.get("plan")
+            if plan is not None and session.scalar(select(Plan.id).where(Plan.name == plan)) is None:
+                raise NotFound(f"unknown plan {plan!r}")
             for column, value in columns.items():
                 setattr(tenant, column, value)
             session.flush()
             return details(tenant)
+
+    # Plans and trials
+
+    def addPlan(self, name: str, **limits: Any) -> PlanInfo:
+        """
+        A named set of limits (C{maxSize}, C{maxRecipients}, C{rate},
+        C{rateRecipients}, C{maxConcurrency}).
+
+        @raise Conflict: a plan has that name.
+        @raise Invalid: a bad name or limit.
+        """
+        plan = Plan(name=inputs.tenantName(name), **self._planColumns(limits))
+        with self._changing() as session:
+            if session.scalar(select(Plan.id).where(Plan.name == plan.name)) is not None:
+                raise Conflict(f"plan {plan.name!r} already exists")
+            session.add(plan)
+            session.flush()
+            return planInfo(plan)
+
+    def setPlan(self, name: str, **limits: Any) -> PlanInfo:
+        """Change a plan's limits (C{None} clears one); its tenants have them at once.  @raise NotFound."""
+        if not limits:
+            raise Invalid("nothing to change")
+        columns = self._planColumns(limits)
+        with self._changing() as session:
+            plan = session.scalars(select(Plan).where(Plan.name == name)).first()
+            if plan is None:
+                raise NotFound(f"unknown plan {name!r}")
+            for column, value in columns.items():
+                setattr(plan, column, value)
+            session.flush()
+            return planInfo(plan)
+
+    def _planColumns(self, limits: dict[str, Any]) -> dict[str, object]:
+        unknown = set(limits) - set(_PLAN_LIMITS)
+        if unknown:
+            raise TypeError(f"unknown plan limits: {', '.join(sorted(unknown))}")
+        return {column: value for key, item in limits.items() for column, value in _SETTINGS[key](item).items()}
+
+    def listPlans(self) -> list[PlanInfo]:
+        with Session(self._engine) as session, session.begin():
+            return [planInfo(plan) for plan in session.scalars(select(Plan).order_by(Plan.name))]
+
+    def endTrials(self, now: datetime | None = None) -> list[str]:
+        """
+        End the trials whose messages are used up (their end set to now; the
+        relay then refuses their mail); the tenants whose trial ended.
+        """
+        now = now or datetime.now(UTC)
+        with self._changing(bump=False) as session:
+            used = (
+                select(Usage.tenant_id, func.sum(Usage.messages_relayed).label("relayed"))
+                .group_by(Usage.tenant_id)
+                .subquery()
+            )
+            rows = session.scalars(
+                select(Tenant)
+                .join(used, used.c.tenant_id == Tenant.id)
+                .where(Tenant.trial_ends_at > now, Tenant.trial_messages.is_not(None))
+                .where(used.c.relayed >= Tenant.trial_messages)
+            )
+            ended = []
+            for tenant in rows:
+                tenant.trial_ends_at = now
+                ended.append(tenant.name)
+            if ended:
+                bumpGeneration(session)
+            return ended
 
     def listTenants(self) -> list[TenantInfo]:
         """Every tenant, by name."""
@@ -212,8 +303,13 @@ class Store:
         """
         with self._changing() as session:
             tenantId = _findTenant(session, name).id
+            accounts = select(Account.id).where(Account.tenant_id == tenantId).scalar_subquery()
             deleted = {
-                table.name: _rowcount(session.execute(delete(table).where(table.c.tenant_id == tenantId)))
+                table.__tablename__: rowcount(session.execute(delete(table).where(table.account_id.in_(accounts))))
+                for table in (WebSession, AccountToken)
+            }
+            deleted |= {
+                table.name: rowcount(session.execute(delete(table).where(table.c.tenant_id == tenantId)))
                 for table in reversed(Base.metadata.sorted_tables)
                 if "tenant_id" in table.c
             }
@@ -262,7 +358,7 @@ class Store:
         if passwords.needsRehash(newHash):
             raise Invalid("the new password hash is not a hash of the current parameters")
         with self._changing(bump=False) as session:
-            replaced = _rowcount(
+            replaced = rowcount(
                 session.execute(
                     update(Login)
                     .where(Login.username == username, Login.password_hash == oldHash)
@@ -270,7 +366,7 @@ class Store:
                 )
             )
             if replaced:
-                _bump(session)
+                bumpGeneration(session)
         return bool(replaced)
 
     # Upstreams
@@ -284,6 +380,7 @@ class Store:
         validate: Callable[[UpstreamURL], object],
         oauth: OAuthSettings | None = None,
         clientCertificate: tuple[bytes, bytes] | None = None,
+        byTenant: bool = False,
     ) -> UpstreamInfo:
         """
         Add an upstream to a tenant.  The URL is kept without its password;
@@ -296,6 +393,8 @@ class Store:
         @param oauth: its OAuth 2.0 client (the URL says C{?auth=xoauth2}).
         @param clientCertificate: a PEM chain and its PEM key, presented in
             the upstream's TLS handshake.
+        @param byTenant: the tenant entered it (the portal, a tenant's API
+            token): the relay restricts where it may lead.
         @return: the upstream, secrets redacted.
         @raise NotFound: there is no such tenant.
         @raise Invalid: the URL is malformed or refused by C{validate}, the
@@ -330,6 +429,7 @@ class Store:
                 url=parsed.withoutPassword().unparse(),
                 secret=encrypt(parsed.password),
                 priority=priority,
+                origin=TENANT if byTenant else OPERATOR,
                 **columns,
             )
             session.add(record)
@@ -448,6 +548,50 @@ class Store:
         """
         return self._addDomain(tenant, SenderDomain, inputs.senderDomain(domain), "allowed")
 
+    def claimDomain(self, tenant: str, domain: str) -> DomainChallenge:
+        """
+        A tenant asks to send from a domain: it counts once a DNS TXT record
+        proves it theirs (L{domainVerified}).  A domain another tenant
+        proved is not theirs to claim (an operator can add it).
+
+        @raise Conflict: the tenant has it already, or another tenant proved it.
+        """
+        domain = inputs.senderDomain(domain)
+        token = secrets.token_urlsafe(24)
+        with self._changing(bump=False) as session:
+            owner = _findTenant(session, tenant)
+            bare = domain.removeprefix("*.")
+            taken = session.scalars(
+                select(Tenant.name)
+                .join(SenderDomain)
+                .where(SenderDomain.domain.in_([bare, f"*.{bare}"]), SenderDomain.verified_at.is_not(None))
+                .where(Tenant.id != owner.id)
+            ).first()
+            if taken is not None:
+                raise Conflict(f"domain {domain!r} is in use by another tenant; ask the operator")
+            mine = select(SenderDomain.id).where(SenderDomain.tenant_id == owner.id, SenderDomain.domain == domain)
+            if session.scalar(mine):
+                raise Conflict(f"domain {domain!r} already allowed for tenant {tenant!r}")
+            session.add(SenderDomain(tenant_id=owner.id, domain=domain, verify_token=token, verified_at=None))
+        return _challenge(domain, token, False)
+
+    def domainChallenges(self, tenant: str) -> list[DomainChallenge]:
+        """The tenant's domains with the TXT record that proves each (operators' have none: shown verified)."""
+        with Session(self._engine) as session, session.begin():
+            owner = _findTenant(session, tenant)
+            return [_challenge(d.domain, d.verify_token or "", d.verified_at is not None) for d in owner.domains]
+
+    def domainVerified(self, tenant: str, domain: str) -> None:
+        """The TXT record was found: the domain counts now.  @raise NotFound."""
+        with self._changing() as session:
+            owner = _findTenant(session, tenant)
+            record = session.scalars(
+                select(SenderDomain).where(SenderDomain.tenant_id == owner.id, SenderDomain.domain == domain)
+            ).first()
+            if record is None:
+                raise NotFound(f"tenant {tenant!r} has no domain {domain!r}")
+            record.verified_at = record.verified_at or datetime.now(UTC)
+
     def removeDomain(self, tenant: str, domain: str) -> str:
         """
         No longer allow a tenant to send from a domain.
@@ -486,7 +630,8 @@ class Store:
             owner = _findTenant(session, tenant)
             if session.scalar(select(model.id).where(model.tenant_id == owner.id, model.domain == domain)):
                 raise Conflict(f"domain {domain!r} already {listed} for tenant {tenant!r}")
-            session.add(model(tenant_id=owner.id, domain=domain))
+            extra = {"verified_at": datetime.now(UTC)} if model is SenderDomain else {}
+            session.add(model(tenant_id=owner.id, domain=domain, **extra))
         return domain
 
     # Client networks
@@ -534,7 +679,7 @@ class Store:
         model = column.class_
         with self._changing() as session:
             owner = _findTenant(session, tenant)
-            if not _rowcount(session.execute(delete(model).where(model.tenant_id == owner.id, column == value))):
+            if not rowcount(session.execute(delete(model).where(model.tenant_id == owner.id, column == value))):
                 raise NotFound(f"tenant {tenant!r} has no {what} {value!r}")
         return value
 
@@ -591,7 +736,8 @@ class Store:
                     selectinload(Tenant.blocklist),
                 )
             )
-            loaded = {row.name: relayTenant(row, self._keyRing, problems) for row in rows}
+            plans = {plan.name: plan for plan in session.scalars(select(Plan))}
+            loaded = {row.name: relayTenant(row, self._keyRing, problems, plans) for row in rows}
             logins = {
                 username: tenants.Login(username=username, tenant=owner, passwordHash=passwordHash)
                 for username, owner, passwordHash in session.execute(
@@ -599,6 +745,13 @@ class Store:
                 )
             }
         return tenants.Snapshot(generation=generation, tenants=loaded, logins=logins, problems=tuple(problems))
+
+
+def _challenge(domain: str, token: str, verified: bool) -> DomainChallenge:
+    bare = domain.removeprefix("*.")
+    return DomainChallenge(
+        domain=domain, name=f"_smtprelay-challenge.{bare}", value=f"smtprelay-verify={token}", verified=verified
+    )
 
 
 def _selectUpstream(owner: Tenant, tenant: str, upstream: str, purpose: str = "choose one") -> UpstreamRecord:
@@ -631,12 +784,12 @@ def _upstreamSelector(upstream: str) -> tuple[str, Callable[[UpstreamRecord], bo
     return parsed.redacted(), lambda record: record.url == stored
 
 
-def _rowcount(result: Result[Any]) -> int:
+def rowcount(result: Result[Any]) -> int:
     """How many rows a DML statement touched (its result is a CursorResult)."""
     return cast(CursorResult[Any], result).rowcount
 
 
-def _bump(session: Session, by: int = 1) -> None:
+def bumpGeneration(session: Session, by: int = 1) -> None:
     """Add to the store generation (0: nothing), locking its row until the transaction ends."""
     session.execute(update(StoreGeneration).where(StoreGeneration.id == 1).values(value=StoreGeneration.value + by))
 

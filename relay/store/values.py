@@ -23,6 +23,8 @@ __all__ = [
     "NetworkInfo",
     "OAuthInfo",
     "OAuthSettings",
+    "PlanInfo",
+    "DomainChallenge",
     "SecretRotation",
     "TenantDetails",
     "TenantExport",
@@ -189,6 +191,11 @@ class TenantDetails(TenantInfo):
     @ivar domains: the allowed sender domains, sorted.
     @ivar networks: the client networks, sorted.
     @ivar blocklist: the domains refused in URLs of message content, sorted.
+    @ivar unverifiedDomains: domains the tenant added that wait for their
+        DNS proof (they do not count yet), sorted.
+    @ivar plan: the plan whose limits apply where the tenant sets none.
+    @ivar trialEndsAt: while on trial, when it ends.
+    @ivar trialMessages: the messages the trial allows in all.
     """
 
     maxSize: int | None
@@ -202,6 +209,35 @@ class TenantDetails(TenantInfo):
     domains: tuple[str, ...]
     networks: tuple[NetworkInfo, ...]
     blocklist: tuple[str, ...]
+    unverifiedDomains: tuple[str, ...] = ()
+    plan: str | None = None
+    trialEndsAt: datetime | None = None
+    trialMessages: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanInfo:
+    """A named set of limits (C{None}: not set by the plan)."""
+
+    name: str
+    maxSize: int | None = None
+    maxRecipients: int | None = None
+    rate: Rate | None = None
+    rateRecipients: Rate | None = None
+    maxConcurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainChallenge:
+    """
+    How a tenant proves a sender domain is theirs: a TXT record C{name}
+    holding C{value}.
+    """
+
+    domain: str
+    name: str
+    value: str
+    verified: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

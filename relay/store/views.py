@@ -18,19 +18,20 @@ from relay.core.credentials import ClientCertificate, Credentials, OAuthClient
 from relay.core.tenant import Rate
 from relay.core.urls import UpstreamURL
 from relay.store.errors import UndecryptableSecret
-from relay.store.models import ACTIVE, Tenant, UpstreamRecord
+from relay.store.models import ACTIVE, TENANT, Plan, Tenant, UpstreamRecord
 from relay.store.secrets import KeyRing
 from relay.store.values import (
     ClientCertificateInfo,
     LoginInfo,
     NetworkInfo,
     OAuthInfo,
+    PlanInfo,
     TenantDetails,
     TenantInfo,
     UpstreamInfo,
 )
 
-__all__ = ["details", "relayTenant", "relayUpstream", "tenantInfo", "upstreamInfo"]
+__all__ = ["details", "planInfo", "relayTenant", "relayUpstream", "tenantInfo", "upstreamInfo"]
 
 
 def _tenantFields(tenant: Tenant) -> dict[str, Any]:
@@ -48,16 +49,27 @@ def _rate(count: int | None, seconds: int | None) -> Rate | None:
     return None if count is None or seconds is None else Rate(count, seconds)
 
 
-def _limits(tenant: Tenant) -> dict[str, Any]:
-    """A tenant's limits and settings, by their names in L{TenantDetails} and L{relay.core.tenant.Tenant}."""
+def _limits(tenant: Tenant | Plan) -> dict[str, Any]:
+    """Limits, by their names in L{TenantDetails}, L{PlanInfo} and L{relay.core.tenant.Tenant}."""
     return {
         "maxSize": tenant.max_size,
         "maxRecipients": tenant.max_recipients,
         "rate": _rate(tenant.rate_count, tenant.rate_seconds),
         "rateRecipients": _rate(tenant.rate_recipients_count, tenant.rate_recipients_seconds),
         "maxConcurrency": tenant.max_concurrency,
-        "allowBounces": tenant.allow_bounces,
     }
+
+
+def planInfo(plan: Plan) -> PlanInfo:
+    return PlanInfo(name=plan.name, **_limits(plan))
+
+
+def _effective(tenant: Tenant, plan: Plan | None) -> dict[str, Any]:
+    """The limits the relay applies: the tenant's own, else its plan's."""
+    own = _limits(tenant)
+    if plan is None:
+        return own
+    return {key: own[key] if own[key] is not None else value for key, value in _limits(plan).items()}
 
 
 def tenantInfo(tenant: Tenant) -> TenantInfo:
@@ -96,15 +108,22 @@ def details(tenant: Tenant) -> TenantDetails:
     return TenantDetails(
         **_tenantFields(tenant),
         **_limits(tenant),
+        allowBounces=tenant.allow_bounces,
         logins=tuple(LoginInfo(username=login.username, createdAt=login.created_at) for login in tenant.logins),
         upstreams=tuple(upstreamInfo(record) for record in tenant.upstreams),
-        domains=tuple(domain.domain for domain in tenant.domains),
+        domains=tuple(domain.domain for domain in tenant.domains if domain.verified_at is not None),
         networks=tuple(NetworkInfo(network=record.network, noAuth=record.no_auth) for record in tenant.networks),
         blocklist=tuple(blocked.domain for blocked in tenant.blocklist),
+        unverifiedDomains=tuple(domain.domain for domain in tenant.domains if domain.verified_at is None),
+        plan=tenant.plan,
+        trialEndsAt=tenant.trial_ends_at,
+        trialMessages=tenant.trial_messages,
     )
 
 
-def relayTenant(tenant: Tenant, keyRing: KeyRing, problems: list[str]) -> tenants.Tenant:
+def relayTenant(
+    tenant: Tenant, keyRing: KeyRing, problems: list[str], plans: dict[str, Plan] | None = None
+) -> tenants.Tenant:
     """
     A tenant as the relay sees it, upstream passwords decrypted.  What
     cannot be read is left out and said in C{problems}: an upstream whose
@@ -123,10 +142,12 @@ def relayTenant(tenant: Tenant, keyRing: KeyRing, problems: list[str]) -> tenant
         active=tenant.status == ACTIVE and len(networks) == len(tenant.networks),
         orgId=tenant.org_id,
         upstreams=tuple(_relayUpstreams(tenant, keyRing, problems)),
-        domains=frozenset(domain.domain for domain in tenant.domains),
+        domains=frozenset(domain.domain for domain in tenant.domains if domain.verified_at is not None),
         networks=tuple(networks),
         blocklist=frozenset(blocked.domain for blocked in tenant.blocklist),
-        **_limits(tenant),
+        allowBounces=tenant.allow_bounces,
+        trialEndsAt=tenant.trial_ends_at.timestamp() if tenant.trial_ends_at is not None else None,
+        **_effective(tenant, (plans or {}).get(tenant.plan or "")),
     )
 
 
@@ -149,7 +170,8 @@ def relayUpstream(record: UpstreamRecord, keyRing: KeyRing) -> tenants.Upstream:
     url = UpstreamURL.parse(record.url)
     password = None if record.secret is None else keyRing.decrypt(record.secret)
     credentials = _credentials(record, keyRing)
-    return tenants.Upstream(url=url.withPassword(password).withCredentials(credentials), priority=record.priority)
+    url = url.withPassword(password).withCredentials(credentials).asRestricted(record.origin == TENANT)
+    return tenants.Upstream(url=url, priority=record.priority)
 
 
 def _grant(record: UpstreamRecord) -> str:

@@ -79,14 +79,18 @@ class Reporter:
 
     log = Logger(namespace="smtprelay")
 
-    def __init__(self, metrics: Metrics, redact: AddressRedactor, usage=None):
+    def __init__(self, metrics: Metrics, redact: AddressRedactor, usage=None, activity=None):
         """
         @param usage: counts each transaction per tenant and day for billing
             (a L{relay.telemetry.accounting.UsageRecorder}), or C{None}.
+        @param activity: keeps each transaction's outcome per recipient for
+            the portal (a L{relay.telemetry.activity.ActivityRecorder}), or
+            C{None}.
         """
         self.metrics = metrics
         self._redact = redact
         self._usage = usage
+        self._activity = activity
         self._children: dict[tuple[str, str], _Counters] = {}
 
     def connectionOpened(self) -> None:
@@ -157,6 +161,18 @@ class Reporter:
         counters.recipients.inc(recipients)
         if self._usage is not None and client.tenant is not None:
             self._usage.count(tenant, result, recipients, transaction.size)
+        if self._activity is not None and client.tenant is not None and recipients:
+            self._activity.transaction(
+                tenant,
+                transaction.queueId,
+                transaction.messageId,
+                self._redact(transaction.sender),
+                [self._redact(recipient) for recipient in transaction.recipients],
+                transaction.size,
+                upstream,
+                reply.summary,
+                result,
+            )
         if result == "relayed":
             counters.bytes.inc(transaction.size)
             counters.duration.observe(seconds)
